@@ -1,0 +1,77 @@
+"""`python -m {{ cookiecutter.package_name }} [serve [--migrate] | migrate]`: what the container runs.
+
+`serve` (the default) runs uvicorn on `HOST`:`PORT`; `migrate` upgrades the schema to head and exits
+(the deploy step; `make migrate`). Without `DATABASE_URL` both start the embedded PostgreSQL first,
+for development; `serve --migrate` (what `make run` uses) also applies migrations before serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import structlog
+import uvicorn
+from pydantic import SecretStr
+
+from {{ cookiecutter.package_name }}.db import embedded, migrations
+from {{ cookiecutter.package_name }}.platform import logs
+from {{ cookiecutter.package_name }}.settings import Settings, load_settings
+
+log = structlog.get_logger("{{ cookiecutter.package_name }}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m {{ cookiecutter.package_name }}", description=__doc__)
+    commands = parser.add_subparsers(dest="command")
+    serve = commands.add_parser("serve", help="serve HTTP (the default)")
+    serve.add_argument("--migrate", action="store_true", help="upgrade the schema first (development)")
+    commands.add_parser("migrate", help="upgrade the schema to head and exit")
+    args = parser.parse_args(argv)
+
+    settings = load_settings()
+    logs.configure(settings.log_level)
+    try:
+        settings = _with_database(settings)
+    except embedded.EmbeddedUnavailable as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+
+    url = settings.database_async_url()
+    assert url is not None
+    if args.command == "migrate" or getattr(args, "migrate", False):
+        migrations.upgrade(settings.migrations_dir, url.render_as_string(hide_password=False))
+        log.info("migrations_applied", revision="head")
+    if args.command == "migrate":
+        return 0
+
+    base = f"http://{settings.host}:{settings.port}"
+    log.info("service_listening", url=base, docs=f"{base}/docs", ready=f"{base}/ready", metrics=f"{base}/metrics")
+    uvicorn.run(
+        "{{ cookiecutter.package_name }}.main:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_config=None,  # our handlers (platform/logs.py) render uvicorn's records as JSON
+        access_log=False,  # replaced by the middleware's `http_request` line
+        proxy_headers=True,
+        server_header=False,
+    )
+    return 0
+
+
+def _with_database(settings: Settings) -> Settings:
+    """Settings with a database: the configured one, or the embedded server started now. The URL is
+    exported so that the uvicorn workers, which read their settings afresh, find the same server."""
+    if settings.database_url is not None:
+        return settings
+    raw = embedded.start(settings.embedded_db_dir)
+    log.info("embedded_database_started", data_dir=str(settings.embedded_db_dir))
+    os.environ["DATABASE_URL"] = raw
+    return settings.model_copy(update={"database_url": SecretStr(raw)})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

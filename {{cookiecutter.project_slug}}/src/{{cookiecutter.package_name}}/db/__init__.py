@@ -1,0 +1,1 @@
+"""Persistence: the declarative base, the engine and the per-request session, migrations."""

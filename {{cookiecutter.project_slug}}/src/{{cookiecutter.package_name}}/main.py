@@ -1,0 +1,89 @@
+"""The application factory: `uvicorn {{ cookiecutter.package_name }}.main:create_app --factory`.
+
+Nothing happens at import time. `create_app` wires the standards in `platform/` around the domain
+routers; the lifespan owns the database engine (and, with it, every pooled connection).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import APIRouter, FastAPI
+
+from {{ cookiecutter.package_name }} import domains
+from {{ cookiecutter.package_name }}.db import migrations
+from {{ cookiecutter.package_name }}.db.session import create_engine, create_sessionmaker
+from {{ cookiecutter.package_name }}.platform import errors, health, logs, tracing
+from {{ cookiecutter.package_name }}.platform.metrics import Metrics
+from {{ cookiecutter.package_name }}.platform.middleware import RequestContextMiddleware
+from {{ cookiecutter.package_name }}.settings import Settings, load_settings
+
+log = structlog.get_logger(__name__)
+
+API_DESCRIPTION = """{{ cookiecutter.description }}
+
+Errors are RFC 9457 `application/problem+json` documents with `type`, `title`, `status`, `detail`
+and `request_id`. Every response carries `X-Request-ID`; send your own to correlate.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings if settings is not None else load_settings()
+    logs.configure(settings.log_level)
+    tracer_provider = tracing.build_tracer_provider(settings)
+    tracer = tracing.get_tracer(tracer_provider)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = settings.database_async_url()
+        if url is None:
+            raise RuntimeError(
+                "DATABASE_URL is not set; `python -m {{ cookiecutter.package_name }}` (make run) starts the "
+                "embedded PostgreSQL for development"
+            )
+        engine = create_engine(settings, url)
+        tracing.instrument_engine(engine, tracer)
+        metrics.watch_pool(engine)
+        app.state.engine = engine
+        app.state.sessionmaker = create_sessionmaker(engine)
+        app.state.readiness = health.Readiness(
+            engine,
+            expected_heads=migrations.expected_heads(settings.migrations_dir),
+            timeout_s=settings.ready_timeout_s,
+        )
+        log.info("service_started", service=settings.service_name, environment=settings.environment)
+        try:
+            yield
+        finally:
+            app.state.readiness.shutting_down = True
+            await engine.dispose()
+            if tracer_provider is not None:
+                tracer_provider.shutdown()  # flushes spans still in the batch
+            log.info("service_stopped", service=settings.service_name)
+
+    app = FastAPI(
+        title="{{ cookiecutter.project_name }}",
+        description=API_DESCRIPTION,
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.tracer_provider = tracer_provider
+    errors.install(app)
+    app.include_router(health.router)
+    app.add_api_route("/metrics", metrics.endpoint, include_in_schema=False)
+    for module in domains.modules("router"):
+        router = getattr(module, "router", None)
+        if not isinstance(router, APIRouter):
+            raise TypeError(f"{module.__name__} must define `router = APIRouter(...)`")
+        app.include_router(router)
+    app.add_middleware(
+        RequestContextMiddleware,
+        tracer=tracer,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+    )
+    return app

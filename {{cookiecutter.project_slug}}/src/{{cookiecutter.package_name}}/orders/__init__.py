@@ -1,0 +1,1 @@
+"""The example domain: orders. A template for your own: router, schemas, models, service."""

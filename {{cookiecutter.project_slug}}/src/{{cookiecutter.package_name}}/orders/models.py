@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import CheckConstraint, DateTime, Index, String, func
+from sqlalchemy.orm import Mapped, mapped_column
+
+from {{ cookiecutter.package_name }}.db.base import Base
+
+
+class Order(Base):
+    __tablename__ = "orders"
+    __table_args__ = (
+        CheckConstraint("quantity >= 1", name="quantity_positive"),
+        # Serves the keyset pagination of GET /v1/orders (newest first).
+        Index("ix_orders_created_at_id", "created_at", "id"),
+    )
+    # RETURNING fills created_at on insert, without a second round trip.
+    __mapper_args__ = {"eager_defaults": True}
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    sku: Mapped[str] = mapped_column(String(64))
+    quantity: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16), server_default="created")
+    # clock_timestamp(), not now(): now() is the transaction's start, which would order rows by when
+    # their transaction began rather than when they were written.
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.clock_timestamp())

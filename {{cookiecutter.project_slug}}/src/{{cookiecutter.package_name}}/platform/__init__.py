@@ -1,0 +1,1 @@
+"""The production standards, one module each. Nothing here imports a domain package."""

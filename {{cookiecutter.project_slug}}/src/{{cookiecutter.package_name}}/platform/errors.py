@@ -1,0 +1,183 @@
+"""Errors as RFC 9457 problem details (`application/problem+json`), mapped in one place.
+
+Standard: Error Handling (categorisation, centralised handling, client-safe messages) and
+API Design / Error Contracts. Every error response has `type`, `title`, `status`, `detail` and
+`request_id`; validation errors add `errors`, one entry per field. The `type` is a stable relative
+URI, `/problems/<slug>`: clients branch on it, never on `detail`.
+
+The tree, expected errors first:
+
+    ServiceError                 an expected outcome a client can act on (4xx, or 503 for a
+      NotFound        404        dependency that is down); raise it from services
+      Conflict        409
+      BadRequest      400
+    HTTPException (Starlette)    routing and protocol: 404 unknown route, 405, 413 body too large
+    RequestValidationError       400 malformed JSON, 422 fields that fail their schema
+    any other exception          a bug: logged once with its stack trace, answered 500 with no
+                                 internals (see `middleware.RequestContextMiddleware`)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+import structlog
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+PROBLEM_JSON = "application/problem+json"
+
+log = structlog.get_logger(__name__)
+
+
+class ServiceError(Exception):
+    """An expected failure, safe to show: its `detail` goes to the client as written."""
+
+    status: int = 500
+    slug: str = "internal-error"
+
+    def __init__(
+        self, detail: str, *, slug: str | None = None, headers: Mapping[str, str] | None = None, **extra: Any
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if slug is not None:
+            self.slug = slug
+        self.headers = dict(headers or {})
+        self.extra = extra
+
+
+class BadRequest(ServiceError):
+    status, slug = 400, "bad-request"
+
+
+class NotFound(ServiceError):
+    status, slug = 404, "not-found"
+
+
+class Conflict(ServiceError):
+    status, slug = 409, "conflict"
+
+
+class ServiceUnavailable(ServiceError):
+    status, slug = 503, "service-unavailable"
+
+
+class PayloadTooLarge(HTTPException):
+    """Raised from inside `receive` when a body grows past `MAX_BODY_BYTES`. An HTTPException so
+    that FastAPI's body parsing passes it through instead of turning it into a 400."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"The request body is larger than {limit} bytes.")
+
+
+_SLUGS = {
+    400: "bad-request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    406: "not-acceptable",
+    409: "conflict",
+    413: "payload-too-large",
+    415: "unsupported-media-type",
+    422: "validation-error",
+    429: "too-many-requests",
+    500: "internal-error",
+    503: "service-unavailable",
+}
+
+
+class Problem(BaseModel):
+    """The error body (RFC 9457), for the OpenAPI document."""
+
+    type: str = Field(examples=["/problems/not-found"])
+    title: str
+    status: int
+    detail: str
+    request_id: str | None
+    errors: list[dict[str, Any]] | None = Field(default=None, description="Validation errors, one per field.")
+
+
+PROBLEM_RESPONSES: dict[int, dict[str, Any]] = {
+    code: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": HTTPStatus(code).phrase}
+    for code in (400, 404, 409, 413, 422, 500, 503, 504)
+}
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    slug: str | None = None,
+    request_id: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    """Build a problem+json response; the single way this service answers an error."""
+    body: dict[str, Any] = {
+        "type": f"/problems/{slug or _SLUGS.get(status, 'error')}",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "request_id": request_id,
+        **extra,
+    }
+    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def _request_id(request: Request) -> str | None:
+    value = request.scope.get("state", {}).get("request_id")
+    return value if isinstance(value, str) else None
+
+
+async def _service_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    log.info("service_error", status=exc.status, problem=exc.slug, detail=exc.detail)
+    return problem(
+        exc.status, exc.detail, slug=exc.slug, request_id=_request_id(request), headers=exc.headers, **exc.extra
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).description
+    return problem(exc.status_code, detail, request_id=_request_id(request), headers=exc.headers)
+
+
+def _field_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    # `loc`, `msg` and `type` only: pydantic's `input` and `ctx` can echo secrets or internals.
+    return [
+        {"loc": [str(part) for part in error.get("loc", ())], "msg": error.get("msg"), "type": error.get("type")}
+        for error in errors
+    ]
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = _field_errors(exc.errors())
+    if any(error["type"] == "json_invalid" for error in errors):
+        return problem(
+            400, "The request body is not valid JSON.", slug="malformed-json", request_id=_request_id(request)
+        )
+    return problem(
+        422, "The request does not match its schema.", request_id=_request_id(request), errors=errors
+    )
+
+
+def internal_error(request_id: str | None) -> Response:
+    """The answer to a bug: nothing about it leaves the process but the request id to quote."""
+    return problem(500, "An unexpected error occurred; quote the request_id when reporting it.", request_id=request_id)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)

@@ -1,0 +1,158 @@
+"""The request context: id, trace span, body limit, access log, metrics, last-resort errors.
+
+Standards: Observability (correlation ids, tracing, metrics, one access line per request) and
+Error Handling (no stack trace reaches a client). One pure-ASGI middleware does all of it: each
+extra middleware layer costs throughput, and `BaseHTTPMiddleware` would also break contextvar
+propagation. Tuned by `MAX_BODY_BYTES`; span export by the `OTEL_*` variables (see `tracing`).
+
+Per request, in order: take `X-Request-ID` when it is safe (else make one) and bind it to the log
+context; continue the caller's W3C `traceparent` in a SERVER span; refuse a body over the limit
+with 413 before reading it; run the app; answer 500 problem+json for an exception that escaped
+every handler (logged once, with its stack trace); write one `http_request` line and record
+the request in the metrics.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from uuid import uuid4
+
+import structlog
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from {{ cookiecutter.package_name }}.platform import errors
+from {{ cookiecutter.package_name }}.platform.metrics import Metrics
+
+REQUEST_ID_HEADER = "x-request-id"
+# A caller's id is kept only when it cannot forge log lines or bloat them.
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Probes and scrapes are counted and logged, but not traced: they would drown the real traces.
+UNTRACED_PATHS = frozenset({"/health", "/ready", "/metrics"})
+
+log = structlog.get_logger(__name__)
+
+
+class RequestContextMiddleware:
+    def __init__(
+        self, app: ASGIApp, *, tracer: trace.Tracer, metrics: Metrics, max_body_bytes: int
+    ) -> None:
+        self.app = app
+        self.tracer = tracer
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        started = time.perf_counter()
+        headers = Headers(scope=scope)
+        request_id = headers.get(REQUEST_ID_HEADER, "")
+        if not _SAFE_REQUEST_ID.fullmatch(request_id):
+            request_id = uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        method: str = scope["method"]
+        path: str = scope["path"]
+
+        if path in UNTRACED_PATHS:
+            span: trace.Span = trace.INVALID_SPAN
+            token = None
+        else:
+            parent = propagate.extract(headers)
+            span = self.tracer.start_span(
+                method,
+                context=parent,
+                kind=SpanKind.SERVER,
+                attributes={"http.request.method": method, "url.path": path},
+            )
+            token = trace.context_api.attach(trace.set_span_in_context(span, parent))
+
+        status = 500
+        response_started = False
+
+        async def send_with_context(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            declared = headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+                await self._too_large(request_id, send_with_context)
+            else:
+                await self.app(scope, self._limited(receive), send_with_context)
+        except errors.PayloadTooLarge:
+            # Only reached when a route reads the body itself; FastAPI's parsing answers it first.
+            if not response_started:
+                await self._too_large(request_id, send_with_context)
+        except Exception:
+            log.exception("unhandled_exception", method=method, path=path)
+            if not response_started:
+                await errors.internal_error(request_id)(scope, receive, send_with_context)
+            status = 500
+        finally:
+            route = _route_template(scope)
+            duration = time.perf_counter() - started
+            if span.is_recording():
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+            log.info(
+                "http_request",
+                method=method,
+                route=route,
+                path=path,
+                status=status,
+                duration_ms=round(duration * 1000, 2),
+            )
+            self.metrics.observe(method, route, status, duration)
+            span.end()
+            if token is not None:
+                trace.context_api.detach(token)
+            structlog.contextvars.unbind_contextvars("request_id")
+
+    def _limited(self, receive: Receive) -> Receive:
+        """Count body bytes as they arrive; a chunked body past the limit stops being read."""
+        limit = self.max_body_bytes
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise errors.PayloadTooLarge(limit)
+            return message
+
+        return limited_receive
+
+    async def _too_large(self, request_id: str, send: Send) -> None:
+        response = errors.problem(
+            413, f"The request body is larger than {self.max_body_bytes} bytes.", request_id=request_id
+        )
+        # Connection: close, since the unread body is still on the wire.
+        response.headers["connection"] = "close"
+        await response({"type": "http"}, _no_body, send)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's template (`/v1/orders/{order_id}`), never the raw path: raw paths would
+    give metrics one series per id."""
+    route = scope.get("route")
+    template = getattr(route, "path", None)
+    return template if isinstance(template, str) else "unmatched"

@@ -1,0 +1,96 @@
+"""Configuration, read once from the environment (12-factor).
+
+Every field maps to an upper-case environment variable of the same name; units are in the names
+(`_s` seconds, `_bytes`). Nothing here holds a secret's value: `DATABASE_URL` comes from the
+environment (a Kubernetes Secret in production) and is never logged. Invalid values stop the process
+at start-up with one line per bad variable (`load_settings`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+PositiveSeconds = Annotated[float, Field(gt=0, le=3600)]
+
+# The async driver the service speaks; a plain `postgresql://` URL is rewritten to it.
+ASYNC_DRIVER = "postgresql+asyncpg"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    service_name: str = "{{ cookiecutter.project_slug }}"
+    environment: str = "development"
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    log_level: LogLevel = "INFO"
+
+    # None means "no server given": `make run` and the tests start the embedded PostgreSQL.
+    database_url: SecretStr | None = None
+    embedded_db_dir: Path = Path(".data/postgres")
+    migrations_dir: Path = Path("migrations")
+
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_max_overflow: int = Field(default=5, ge=0, le=200)
+    db_pool_timeout_s: PositiveSeconds = 2.0
+    db_connect_timeout_s: PositiveSeconds = 3.0
+    db_statement_timeout_s: PositiveSeconds = 5.0
+    db_idle_in_transaction_timeout_s: PositiveSeconds = 10.0
+    ready_timeout_s: PositiveSeconds = 1.0
+
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+
+    # The OpenTelemetry SDK reads the rest of the standard OTEL_* variables itself
+    # (OTEL_TRACES_SAMPLER, OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_HEADERS, ...).
+    otel_service_name: str = "{{ cookiecutter.project_slug }}"
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_sdk_disabled: bool = False
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _postgres_only(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        to_async_url(value.get_secret_value())  # raises ValueError with a client-safe reason
+        return value
+
+    def database_async_url(self) -> URL | None:
+        """The configured URL with the async driver, or None when none is configured."""
+        return None if self.database_url is None else to_async_url(self.database_url.get_secret_value())
+
+
+def to_async_url(raw: str) -> URL:
+    """Accept `postgresql://`, `postgres://` or any `postgresql+driver://` URL, including the
+    unix-socket form `postgresql://user@/db?host=/path`, and pick the service's async driver."""
+    try:
+        url = make_url(raw.replace("postgres://", "postgresql://", 1) if raw.startswith("postgres://") else raw)
+    except ArgumentError:
+        raise ValueError("not a URL (expected postgresql://user:password@host:port/database)") from None
+    if url.get_backend_name() != "postgresql":
+        raise ValueError(f"must be a postgresql:// URL, not {url.drivername}://")
+    return url.set(drivername=ASYNC_DRIVER)
+
+def load_settings() -> Settings:
+    """Read the environment; on bad configuration print one line per variable and exit 2."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            variable = "_".join(str(part) for part in error["loc"][:1]).upper() or "SETTINGS"
+            print(f"configuration error: {variable}: {error['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,109 @@
+"""Fixtures on a real PostgreSQL: the embedded server unless `TEST_DATABASE_URL` names one.
+
+Each session creates a fresh database and migrates it to head; each test runs in a transaction that
+is rolled back, so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+from {{ cookiecutter.package_name }}.db import embedded, migrations
+from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.platform import logs
+from {{ cookiecutter.package_name }}.settings import Settings, to_async_url
+
+PROJECT = Path(__file__).resolve().parents[1]
+MIGRATIONS = PROJECT / "migrations"
+TEST_DATABASE = "{{ cookiecutter.package_name }}_test"
+
+
+async def _recreate(server: URL, *names: str) -> None:
+    engine = create_async_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            for name in names:
+                await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                await connection.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def server_url() -> URL:
+    raw = os.environ.get("TEST_DATABASE_URL") or embedded.start(PROJECT / ".data" / "postgres-test")
+    return to_async_url(raw)
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: URL) -> URL:
+    """A fresh database at the Alembic head."""
+    asyncio.run(_recreate(server_url, TEST_DATABASE, f"{TEST_DATABASE}_empty"))
+    url = server_url.set(database=TEST_DATABASE)
+    migrations.upgrade(MIGRATIONS, url.render_as_string(hide_password=False))
+    return url
+
+
+@pytest.fixture(scope="session")
+def empty_database_url(database_url: URL) -> URL:
+    """A database no migration has touched: the schema is behind."""
+    return database_url.set(database=f"{TEST_DATABASE}_empty")
+
+
+def make_settings(url: URL | str, **overrides: Any) -> Settings:
+    raw = url.render_as_string(hide_password=False) if isinstance(url, URL) else url
+    return Settings(database_url=raw, migrations_dir=MIGRATIONS, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(database_url: URL) -> Settings:
+    return make_settings(database_url)
+
+
+@pytest.fixture
+def app(settings: Settings) -> FastAPI:
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A client on the app with its lifespan running, every request inside one rolled-back transaction."""
+    async with LifespanManager(app) as manager:
+        engine = app.state.engine
+        async with engine.connect() as connection:
+            outer = await connection.begin()
+            # Each request's `session.begin()` becomes a SAVEPOINT inside `outer`.
+            app.state.sessionmaker = async_sessionmaker(
+                bind=connection, class_=AsyncSession, expire_on_commit=False, join_transaction_mode="create_savepoint"
+            )
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+                yield client
+            await outer.rollback()
+
+
+@pytest.fixture
+def log_lines(app: FastAPI) -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """The JSON log lines written since the fixture started, parsed (each must be valid JSON)."""
+    sink = io.BytesIO()
+    logs.configure("INFO", stream=sink)
+
+    def lines() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in sink.getvalue().splitlines()]
+
+    yield lines
+    logs.configure("INFO")

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from {{ cookiecutter.package_name }}.db.session import SessionDep
+
+
+async def test_a_request_is_one_transaction_rolled_back_when_the_handler_fails(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    await _scratch_table(app)
+
+    @app.post("/write-then-fail")
+    async def write_then_fail(session: SessionDep) -> None:
+        await session.execute(text("INSERT INTO scratch (note) VALUES ('half-done')"))
+        raise RuntimeError("fails after the write, before the commit")
+
+    @app.post("/write")
+    async def write(session: SessionDep) -> dict[str, str]:
+        await session.execute(text("INSERT INTO scratch (note) VALUES ('done')"))
+        return {"status": "written"}
+
+    @app.get("/notes")
+    async def notes(session: SessionDep) -> list[str]:
+        return list((await session.scalars(text("SELECT note FROM scratch ORDER BY note"))).all())
+
+    assert (await client.post("/write-then-fail")).status_code == 500
+    assert (await client.post("/write")).status_code == 200
+    assert (await client.get("/notes")).json() == ["done"]
+
+
+async def _scratch_table(app: FastAPI) -> None:
+    async with app.state.sessionmaker() as session, session.begin():
+        await session.execute(text("CREATE TEMPORARY TABLE scratch (note text NOT NULL)"))

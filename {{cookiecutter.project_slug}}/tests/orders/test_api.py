@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import httpx
+import pytest
+
+from {{ cookiecutter.package_name }}.orders.router import MAX_PAGE_SIZE
+
+
+async def _create(client: httpx.AsyncClient, sku: str = "SKU-1", quantity: int = 1) -> dict[str, object]:
+    response = await client.post("/v1/orders", json={"sku": sku, "quantity": quantity})
+    assert response.status_code == 201, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+async def test_create_then_read_an_order(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/orders", json={"sku": "SKU-42", "quantity": 3})
+    assert response.status_code == 201
+    order = response.json()
+    assert order["sku"] == "SKU-42"
+    assert order["quantity"] == 3
+    assert order["status"] == "created"
+    uuid.UUID(order["id"])
+    assert datetime.fromisoformat(order["created_at"]).tzinfo is not None
+    assert response.headers["location"] == f"/v1/orders/{order['id']}"
+
+    fetched = await client.get(response.headers["location"])
+    assert fetched.status_code == 200
+    assert fetched.json() == order
+
+
+async def test_an_unknown_order_is_a_404_problem(client: httpx.AsyncClient) -> None:
+    response = await client.get(f"/v1/orders/{uuid.uuid4()}")
+    assert response.status_code == 404
+    assert response.json()["type"] == "/problems/not-found"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"sku": "", "quantity": 1},
+        {"sku": "x" * 65, "quantity": 1},
+        {"sku": "ok", "quantity": 0},
+        {"sku": "ok", "quantity": "3"},
+        {"sku": "ok", "quantity": 1, "price": 10},
+        {"sku": "bad sku;drop", "quantity": 1},
+        {"quantity": 1},
+    ],
+)
+async def test_invalid_orders_are_refused_and_nothing_is_written(client: httpx.AsyncClient, body: object) -> None:
+    response = await client.post("/v1/orders", json=body)
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert (await client.get("/v1/orders")).json()["items"] == []
+
+
+async def test_pagination_walks_every_order_once_newest_first(client: httpx.AsyncClient) -> None:
+    created = [await _create(client, sku=f"SKU-{n}") for n in range(7)]
+
+    seen: list[dict[str, object]] = []
+    cursor = None
+    pages = 0
+    while True:
+        params = {"limit": 3} | ({"cursor": cursor} if cursor else {})
+        page = (await client.get("/v1/orders", params=params)).json()
+        seen.extend(page["items"])
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        assert pages < 10, "pagination does not end"
+
+    assert pages == 3
+    assert [order["id"] for order in seen] == [order["id"] for order in reversed(created)]
+    assert len({order["id"] for order in seen}) == 7
+    keys = [(order["created_at"], order["id"]) for order in seen]
+    assert keys == sorted(keys, reverse=True)
+
+
+async def test_the_page_size_is_capped(client: httpx.AsyncClient) -> None:
+    for n in range(MAX_PAGE_SIZE + 1):
+        await client.post("/v1/orders", json={"sku": f"S{n}", "quantity": 1})
+    page = (await client.get("/v1/orders", params={"limit": 10_000})).json()
+    assert len(page["items"]) == MAX_PAGE_SIZE
+    assert page["next_cursor"] is not None
+
+
+@pytest.mark.parametrize("cursor", ["garbage", "eyJub3QiOiAiYSBsaXN0In0", "W10"])
+async def test_a_forged_cursor_is_a_400_problem(client: httpx.AsyncClient, cursor: str) -> None:
+    response = await client.get("/v1/orders", params={"cursor": cursor})
+    assert response.status_code == 400
+    assert response.json()["type"] == "/problems/invalid-cursor"

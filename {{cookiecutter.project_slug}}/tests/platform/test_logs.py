@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+
+import httpx
+from fastapi import FastAPI
+
+LogLines = Callable[[], list[dict[str, Any]]]
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+TRACEPARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"
+
+
+async def test_every_line_in_a_request_carries_request_and_trace_ids(
+    client: httpx.AsyncClient, log_lines: LogLines
+) -> None:
+    response = await client.get("/no-such-route", headers={"traceparent": TRACEPARENT})
+    request_id = response.headers["x-request-id"]
+
+    lines = [line for line in log_lines() if line.get("request_id") == request_id]
+    assert lines, "the request wrote no log line"
+    for line in lines:
+        assert line["trace_id"] == TRACE_ID  # the caller's trace, continued
+        assert len(line["span_id"]) == 16
+        assert line["span_id"] != "b7ad6b7169203331"  # our span, a child of the caller's
+
+
+async def test_one_access_line_per_request_with_route_template(client: httpx.AsyncClient, log_lines: LogLines) -> None:
+    response = await client.get("/ready")
+    access = [line for line in log_lines() if line["event"] == "http_request"]
+    assert len(access) == 1
+    line = access[0]
+    assert line["request_id"] == response.headers["x-request-id"]
+    assert (line["method"], line["route"], line["status"]) == ("GET", "/ready", 200)
+    assert isinstance(line["duration_ms"], float)
+    assert line["level"] == "info"
+    assert "timestamp" in line
+
+
+async def test_a_safe_request_id_is_kept_and_an_unsafe_one_replaced(client: httpx.AsyncClient) -> None:
+    kept = await client.get("/health", headers={"x-request-id": "abc-123.retry:2"})
+    assert kept.headers["x-request-id"] == "abc-123.retry:2"
+
+    for unsafe in ("a" * 129, 'x"\n{"forged": true}', "with space"):
+        replaced = await client.get("/health", headers={"x-request-id": unsafe.replace("\n", "")})
+        assert replaced.headers["x-request-id"] != unsafe.replace("\n", "")
+        assert len(replaced.headers["x-request-id"]) == 32
+
+
+async def test_standard_library_records_are_json_with_the_request_context(
+    app: FastAPI, client: httpx.AsyncClient, log_lines: LogLines
+) -> None:
+    @app.get("/stdlib-log")
+    async def stdlib_log() -> dict[str, str]:
+        logging.getLogger("some.library").warning("library said %s", "hello")
+        return {}
+
+    response = await client.get("/stdlib-log", headers={"traceparent": TRACEPARENT})
+    [line] = [line for line in log_lines() if line.get("logger") == "some.library"]
+    assert line["event"] == "library said hello"
+    assert line["level"] == "warning"
+    assert line["request_id"] == response.headers["x-request-id"]
+    assert line["trace_id"] == TRACE_ID

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from {{ cookiecutter.package_name }}.settings import Settings
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("given", "driver_url"),
+    [
+        ("postgresql://app:pw@db.internal:5432/orders", "postgresql+asyncpg://app:pw@db.internal:5432/orders"),
+        ("postgres://app:pw@db:5432/orders", "postgresql+asyncpg://app:pw@db:5432/orders"),
+        ("postgresql+psycopg://app@db/orders", "postgresql+asyncpg://app@db/orders"),
+        ("postgresql://app@/orders?host=/run/postgresql", "postgresql+asyncpg://app@/orders?host=%2Frun%2Fpostgresql"),
+    ],
+)
+def test_database_url_forms_get_the_async_driver(given: str, driver_url: str) -> None:
+    url = Settings(database_url=given).database_async_url()  # type: ignore[arg-type]
+    assert url is not None
+    assert url.render_as_string(hide_password=False) == driver_url
+
+
+def test_the_database_password_never_shows_in_settings_repr() -> None:
+    settings = Settings(database_url="postgresql://app:s3cr3t@db/orders")  # type: ignore[arg-type]
+    assert "s3cr3t" not in repr(settings)
+    assert "s3cr3t" not in str(settings.model_dump())
+
+
+@pytest.mark.parametrize("bad", ["mysql://app@db/orders", "not a url"])
+def test_a_non_postgres_database_url_is_refused(bad: str) -> None:
+    with pytest.raises(ValidationError, match="database_url"):
+        Settings(database_url=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("PORT", "eighty"), ("PORT", "70000"), ("LOG_LEVEL", "LOUD"), ("DATABASE_URL", "mysql://x@y/z")],
+)
+def test_bad_configuration_stops_startup_with_one_line_naming_the_variable(variable: str, value: str) -> None:
+    env = {key: val for key, val in os.environ.items() if key not in {"PORT", "LOG_LEVEL", "DATABASE_URL"}}
+    env[variable] = value
+    result = subprocess.run(
+        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve"],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"configuration error: {variable}: ")
+    assert "Traceback" not in result.stderr
