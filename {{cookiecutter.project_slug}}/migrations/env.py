@@ -31,7 +31,9 @@ def _url() -> str:
     if url is None:
         configured = load_settings().database_async_url()
         if configured is None:
-            raise SystemExit("DATABASE_URL is not set (or use `make migrate`, which starts the embedded database)")
+            raise SystemExit(
+                "DATABASE_URL is not set (or use `make migrate`, which starts the embedded database)"
+            )
         return configured.render_as_string(hide_password=False)
     return to_async_url(url).render_as_string(hide_password=False)
 

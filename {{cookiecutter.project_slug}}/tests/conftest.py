@@ -88,7 +88,10 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
             outer = await connection.begin()
             # Each request's `session.begin()` becomes a SAVEPOINT inside `outer`.
             app.state.sessionmaker = async_sessionmaker(
-                bind=connection, class_=AsyncSession, expire_on_commit=False, join_transaction_mode="create_savepoint"
+                bind=connection,
+                class_=AsyncSession,
+                expire_on_commit=False,
+                join_transaction_mode="create_savepoint",
             )
             transport = httpx.ASGITransport(app=manager.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:

@@ -16,10 +16,16 @@ PROJECT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize(
     ("given", "driver_url"),
     [
-        ("postgresql://app:pw@db.internal:5432/orders", "postgresql+asyncpg://app:pw@db.internal:5432/orders"),
+        (
+            "postgresql://app:pw@db.internal:5432/orders",
+            "postgresql+asyncpg://app:pw@db.internal:5432/orders",
+        ),
         ("postgres://app:pw@db:5432/orders", "postgresql+asyncpg://app:pw@db:5432/orders"),
         ("postgresql+psycopg://app@db/orders", "postgresql+asyncpg://app@db/orders"),
-        ("postgresql://app@/orders?host=/run/postgresql", "postgresql+asyncpg://app@/orders?host=%2Frun%2Fpostgresql"),
+        (
+            "postgresql://app@/orders?host=/run/postgresql",
+            "postgresql+asyncpg://app@/orders?host=%2Frun%2Fpostgresql",
+        ),
     ],
 )
 def test_database_url_forms_get_the_async_driver(given: str, driver_url: str) -> None:

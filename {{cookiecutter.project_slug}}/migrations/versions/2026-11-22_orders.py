@@ -23,7 +23,9 @@ def upgrade() -> None:
         sa.Column("sku", sa.String(length=64), nullable=False),
         sa.Column("quantity", sa.Integer(), nullable=False),
         sa.Column("status", sa.String(length=16), server_default="created", nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.clock_timestamp(), nullable=False),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.clock_timestamp(), nullable=False
+        ),
         sa.CheckConstraint("quantity >= 1", name=op.f("ck_orders_quantity_positive")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_orders")),
     )

@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     base = f"http://{settings.host}:{settings.port}"
-    log.info("service_listening", url=base, docs=f"{base}/docs", ready=f"{base}/ready", metrics=f"{base}/metrics")
+    log.info(
+        "service_listening", url=base, docs=f"{base}/docs", ready=f"{base}/ready", metrics=f"{base}/metrics"
+    )
     uvicorn.run(
         "{{ cookiecutter.package_name }}.main:create_app",
         factory=True,

@@ -78,12 +78,15 @@ def to_async_url(raw: str) -> URL:
     """Accept `postgresql://`, `postgres://` or any `postgresql+driver://` URL, including the
     unix-socket form `postgresql://user@/db?host=/path`, and pick the service's async driver."""
     try:
-        url = make_url(raw.replace("postgres://", "postgresql://", 1) if raw.startswith("postgres://") else raw)
+        url = make_url(
+            raw.replace("postgres://", "postgresql://", 1) if raw.startswith("postgres://") else raw
+        )
     except ArgumentError:
         raise ValueError("not a URL (expected postgresql://user:password@host:port/database)") from None
     if url.get_backend_name() != "postgresql":
         raise ValueError(f"must be a postgresql:// URL, not {url.drivername}://")
     return url.set(drivername=ASYNC_DRIVER)
+
 
 def load_settings() -> Settings:
     """Read the environment; on bad configuration print one line per variable and exit 2."""

@@ -50,7 +50,9 @@ async def test_an_unknown_order_is_a_404_problem(client: httpx.AsyncClient) -> N
         {"quantity": 1},
     ],
 )
-async def test_invalid_orders_are_refused_and_nothing_is_written(client: httpx.AsyncClient, body: object) -> None:
+async def test_invalid_orders_are_refused_and_nothing_is_written(
+    client: httpx.AsyncClient, body: object
+) -> None:
     response = await client.post("/v1/orders", json=body)
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"

@@ -16,7 +16,7 @@ def assert_problem(response: httpx.Response, status: int, type_: str) -> dict[st
     assert response.status_code == status
     assert response.headers["content-type"] == "application/problem+json"
     body: dict[str, Any] = response.json()
-    assert PROBLEM_KEYS <= body.keys()
+    assert body.keys() >= PROBLEM_KEYS
     assert body["status"] == status
     assert body["type"] == type_
     assert body["request_id"] == response.headers["x-request-id"]
@@ -31,7 +31,9 @@ async def test_wrong_method_is_a_405_problem(client: httpx.AsyncClient) -> None:
     assert_problem(await client.delete("/health"), 405, "/problems/method-not-allowed")
 
 
-async def test_a_service_error_keeps_its_status_type_and_detail(app: FastAPI, client: httpx.AsyncClient) -> None:
+async def test_a_service_error_keeps_its_status_type_and_detail(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
     @app.get("/conflict")
     async def conflict() -> None:
         raise Conflict("Already there.", slug="already-there")
@@ -85,7 +87,9 @@ async def test_a_body_over_the_limit_is_refused_from_its_content_length(app: Fas
             async def echo(body: dict[str, str]) -> dict[str, str]:
                 return body
 
-            streamed = await client.post("/echo", content=chunks(), headers={"content-type": "application/json"})
+            streamed = await client.post(
+                "/echo", content=chunks(), headers={"content-type": "application/json"}
+            )
             assert_problem(streamed, 413, "/problems/payload-too-large")
 
 
@@ -103,7 +107,9 @@ def _add_item_route(app: FastAPI) -> None:
 
 async def test_malformed_json_is_a_400_problem(app: FastAPI, client: httpx.AsyncClient) -> None:
     _add_item_route(app)
-    response = await client.post("/items", content=b'{"name": "a", ', headers={"content-type": "application/json"})
+    response = await client.post(
+        "/items", content=b'{"name": "a", ', headers={"content-type": "application/json"}
+    )
     assert_problem(response, 400, "/problems/malformed-json")
 
 

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import httpx
+from asgi_lifespan import LifespanManager
 from sqlalchemy.engine import URL
 
-from tests.conftest import make_settings
 from {{ cookiecutter.package_name }}.main import create_app
-from asgi_lifespan import LifespanManager
+from tests.conftest import make_settings
 
 
 async def _get(settings_url: URL | str, path: str) -> httpx.Response:
@@ -26,7 +26,10 @@ async def test_health_is_ok_without_checking_dependencies() -> None:
 async def test_ready_when_database_answers_and_schema_is_at_head(client: httpx.AsyncClient) -> None:
     response = await client.get("/ready")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "checks": {"database": "ok", "schema": "ok", "shutdown": "ok"}}
+    assert response.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "schema": "ok", "shutdown": "ok"},
+    }
 
 
 async def test_not_ready_when_database_is_unreachable() -> None:

@@ -4,7 +4,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-
 import httpx
 from fastapi import FastAPI
 
@@ -28,7 +27,9 @@ async def test_every_line_in_a_request_carries_request_and_trace_ids(
         assert line["span_id"] != "b7ad6b7169203331"  # our span, a child of the caller's
 
 
-async def test_one_access_line_per_request_with_route_template(client: httpx.AsyncClient, log_lines: LogLines) -> None:
+async def test_one_access_line_per_request_with_route_template(
+    client: httpx.AsyncClient, log_lines: LogLines
+) -> None:
     response = await client.get("/ready")
     access = [line for line in log_lines() if line["event"] == "http_request"]
     assert len(access) == 1

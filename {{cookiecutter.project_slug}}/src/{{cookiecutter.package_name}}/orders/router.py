@@ -34,8 +34,12 @@ async def get_order(order_id: uuid.UUID, session: SessionDep) -> OrderRead:
 @router.get("", responses=_problems(400, 422))
 async def list_orders(
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, description=f"Page size; values above {MAX_PAGE_SIZE} are capped.")] = 20,
-    cursor: Annotated[str | None, Query(max_length=512, description="`next_cursor` of the previous page.")] = None,
+    limit: Annotated[
+        int, Query(ge=1, description=f"Page size; values above {MAX_PAGE_SIZE} are capped.")
+    ] = 20,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="`next_cursor` of the previous page.")
+    ] = None,
 ) -> OrderPage:
     orders, next_cursor = await service.list_page(
         session=session, limit=min(limit, MAX_PAGE_SIZE), cursor=cursor

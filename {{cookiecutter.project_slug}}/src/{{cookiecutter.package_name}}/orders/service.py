@@ -34,7 +34,9 @@ async def get(*, session: AsyncSession, order_id: uuid.UUID) -> Order:
     return order
 
 
-async def list_page(*, session: AsyncSession, limit: int, cursor: str | None) -> tuple[list[Order], str | None]:
+async def list_page(
+    *, session: AsyncSession, limit: int, cursor: str | None
+) -> tuple[list[Order], str | None]:
     """Newest first, by keyset (created_at, id): stable under concurrent inserts, and as fast on
     page 1000 as on page 1, unlike OFFSET."""
     query = select(Order).order_by(Order.created_at.desc(), Order.id.desc()).limit(limit + 1)

@@ -142,7 +142,12 @@ async def _service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
     log.info("service_error", status=exc.status, problem=exc.slug, detail=exc.detail)
     return problem(
-        exc.status, exc.detail, slug=exc.slug, request_id=_request_id(request), headers=exc.headers, **exc.extra
+        exc.status,
+        exc.detail,
+        slug=exc.slug,
+        request_id=_request_id(request),
+        headers=exc.headers,
+        **exc.extra,
     )
 
 
@@ -155,7 +160,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def _field_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
     # `loc`, `msg` and `type` only: pydantic's `input` and `ctx` can echo secrets or internals.
     return [
-        {"loc": [str(part) for part in error.get("loc", ())], "msg": error.get("msg"), "type": error.get("type")}
+        {
+            "loc": [str(part) for part in error.get("loc", ())],
+            "msg": error.get("msg"),
+            "type": error.get("type"),
+        }
         for error in errors
     ]
 
@@ -174,7 +183,9 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 def internal_error(request_id: str | None) -> Response:
     """The answer to a bug: nothing about it leaves the process but the request id to quote."""
-    return problem(500, "An unexpected error occurred; quote the request_id when reporting it.", request_id=request_id)
+    return problem(
+        500, "An unexpected error occurred; quote the request_id when reporting it.", request_id=request_id
+    )
 
 
 def install(app: FastAPI) -> None:

@@ -96,7 +96,12 @@ def configure(level: str = "INFO", stream: IO[bytes] | None = None) -> None:
     handler = _StdlibHandler()
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[*_SHARED, structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder(), drop_color_message],
+            foreign_pre_chain=[
+                *_SHARED,
+                structlog.stdlib.add_logger_name,
+                structlog.stdlib.ExtraAdder(),
+                drop_color_message,
+            ],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,

@@ -19,6 +19,7 @@ import time
 from uuid import uuid4
 
 import structlog
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.datastructures import Headers, MutableHeaders
@@ -37,9 +38,7 @@ log = structlog.get_logger(__name__)
 
 
 class RequestContextMiddleware:
-    def __init__(
-        self, app: ASGIApp, *, tracer: trace.Tracer, metrics: Metrics, max_body_bytes: int
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, tracer: trace.Tracer, metrics: Metrics, max_body_bytes: int) -> None:
         self.app = app
         self.tracer = tracer
         self.metrics = metrics
@@ -69,7 +68,7 @@ class RequestContextMiddleware:
                 kind=SpanKind.SERVER,
                 attributes={"http.request.method": method, "url.path": path},
             )
-            token = trace.context_api.attach(trace.set_span_in_context(span, parent))
+            token = otel_context.attach(trace.set_span_in_context(span, parent))
 
         status = 500
         response_started = False
@@ -118,7 +117,7 @@ class RequestContextMiddleware:
             self.metrics.observe(method, route, status, duration)
             span.end()
             if token is not None:
-                trace.context_api.detach(token)
+                otel_context.detach(token)
             structlog.contextvars.unbind_contextvars("request_id")
 
     def _limited(self, receive: Receive) -> Receive:
