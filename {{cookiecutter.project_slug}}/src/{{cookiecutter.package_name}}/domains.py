@@ -1,8 +1,8 @@
 """The service's domain packages, found by their shape rather than listed.
 
-A domain is a subpackage with a `router.py` exposing `router` (and usually a `models.py`):
-`orders/` is the example. Listing them by discovery lets the template remove the example domain as
-whole files; add a domain by adding its package. `platform` and `db` are not domains.
+A domain is a subpackage with a `router.py` exposing `router` (and usually a `models.py`). Found by
+discovery, so that the template can leave the example domain out as whole files, and adding a domain
+is adding its package. `platform` and `db` are not domains.
 """
 
 from __future__ import annotations

@@ -150,7 +150,7 @@ async def _no_body() -> Message:
 
 
 def _route_template(scope: Scope) -> str:
-    """The matched route's template (`/v1/orders/{order_id}`), never the raw path: raw paths would
+    """The matched route's template (`/v1/items/{item_id}`), never the raw path: raw paths would
     give metrics one series per id."""
     route = scope.get("route")
     template = getattr(route, "path", None)

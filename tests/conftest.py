@@ -1,0 +1,58 @@
+"""Fixtures that bake the template. Bakes live under pytest's tmp directory, never in the repo."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+TEMPLATE = Path(__file__).resolve().parents[1]
+
+# Every supported combination of the prompts that change which files a bake has. The second also
+# proves that a long package name still passes `ruff format --check`.
+COMBINATIONS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "no-example-domain": {"project_name": "Payment Reconciliation Service", "include_example_domain": False},
+}
+
+
+def load_hook(name: str) -> ModuleType:
+    """Import a hook as a module (hooks are importable by design)."""
+    spec = importlib.util.spec_from_file_location(name, TEMPLATE / "hooks" / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make(project: Path, target: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run a target of the baked project's Makefile, as its users would."""
+    merged = {key: value for key, value in os.environ.items() if not key.startswith(("DATABASE_URL", "PORT"))}
+    merged.update(env)
+    return subprocess.run(
+        ["make", "--no-print-directory", target],
+        cwd=project,
+        env=merged,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def baked(cookies_session: Any) -> dict[str, Path]:
+    """Each combination baked once per session."""
+    projects = {}
+    for name, context in COMBINATIONS.items():
+        result = cookies_session.bake(extra_context=context)
+        assert result.exception is None, result.exception
+        assert result.exit_code == 0
+        projects[name] = Path(result.project_path)
+    return projects

@@ -1,0 +1,67 @@
+"""Bake each combination and hold the result to what its users will run: lint and tests."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import COMBINATIONS, make
+
+# Jinja left unrendered; `${{ ... }}` in GitHub workflows is GitHub's own syntax, not residue.
+RESIDUE = re.compile(r"(?<!\$)\{\{|\{%|cookiecutter\.")
+
+
+def _files(project: Path) -> list[Path]:
+    skip = {".venv", ".data", ".mypy_cache", ".ruff_cache", ".pytest_cache", "__pycache__"}
+    return [p for p in project.rglob("*") if p.is_file() and not skip & set(p.relative_to(project).parts)]
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS)
+def test_no_template_residue(baked: dict[str, Path], combination: str) -> None:
+    project = baked[combination]
+    leftovers = [
+        f"{path.relative_to(project)}: {line.strip()}"
+        for path in _files(project)
+        for line in path.read_text().splitlines()
+        if RESIDUE.search(line)
+    ]
+    assert leftovers == []
+
+
+def test_the_default_bake_has_the_example_domain(baked: dict[str, Path]) -> None:
+    project = baked["default"]
+    assert project.name == "orders-service"
+    assert (project / "src/orders_service/orders/router.py").is_file()
+    assert (project / "migrations/versions/2026-11-22_orders.py").is_file()
+    assert "/v1/orders" in (project / "README.md").read_text()
+
+
+def test_without_the_example_domain_no_trace_of_it_is_left(baked: dict[str, Path]) -> None:
+    project = baked["no-example-domain"]
+    assert project.name == "payment-reconciliation-service"
+    package = project / "src/payment_reconciliation_service"
+    assert not (package / "orders").exists()
+    assert not (project / "tests/orders").exists()
+    assert not (project / "migrations/versions/2026-11-22_orders.py").exists()
+    mentions = [str(path) for path in _files(project) if "/v1/orders" in path.read_text()]
+    assert mentions == []
+
+
+def test_the_runbook_is_rendered_with_the_answers(baked: dict[str, Path]) -> None:
+    runbook = (baked["default"] / "RUNBOOK.md").read_text()
+    assert "# Orders Service runbook" in runbook
+    assert "#platform-oncall" in runbook
+    assert "99.9%" in runbook
+    assert "p99 under 300 ms" in runbook
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS)
+def test_the_bake_passes_its_own_lint_and_tests(baked: dict[str, Path], combination: str) -> None:
+    project = baked[combination]
+    for target in ("install", "lint", "test"):
+        result = make(project, target)
+        assert result.returncode == 0, f"make {target} in {project.name}:\n{result.stdout}\n{result.stderr}"
+    assert re.search(r"\d+ passed", result.stdout), result.stdout
+    assert " failed" not in result.stdout
