@@ -32,7 +32,7 @@ MIGRATIONS = PROJECT / "migrations"
 TEST_DATABASE = "{{ cookiecutter.package_name }}_test"
 
 
-async def _recreate(server: URL, *names: str) -> None:
+async def recreate(server: URL, *names: str) -> None:
     engine = create_async_engine(server, isolation_level="AUTOCOMMIT")
     try:
         async with engine.connect() as connection:
@@ -52,7 +52,7 @@ def server_url() -> URL:
 @pytest.fixture(scope="session")
 def database_url(server_url: URL) -> URL:
     """A fresh database at the Alembic head."""
-    asyncio.run(_recreate(server_url, TEST_DATABASE, f"{TEST_DATABASE}_empty"))
+    asyncio.run(recreate(server_url, TEST_DATABASE, f"{TEST_DATABASE}_empty"))
     url = server_url.set(database=TEST_DATABASE)
     migrations.upgrade(MIGRATIONS, url.render_as_string(hide_password=False))
     return url
