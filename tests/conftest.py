@@ -14,10 +14,10 @@ import pytest
 TEMPLATE = Path(__file__).resolve().parents[1]
 
 # Every supported combination of the prompts that change which files a bake has. The second also
-# proves that a long package name still passes `ruff format --check`.
+# proves that a long package name, sorting after `tests`, still passes ruff and its formatter.
 COMBINATIONS: dict[str, dict[str, Any]] = {
     "default": {},
-    "no-example-domain": {"project_name": "Payment Reconciliation Service", "include_example_domain": False},
+    "no-example-domain": {"project_name": "Warehouse Reconciliation Service", "include_example_domain": False},
 }
 
 

@@ -12,8 +12,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.conftest import MIGRATIONS, TEST_DATABASE, recreate
 from {{ cookiecutter.package_name }}.db import migrations
+
+from tests.conftest import MIGRATIONS, TEST_DATABASE, recreate
 
 SCRATCH = f"{TEST_DATABASE}_migrations"
 
@@ -29,7 +30,9 @@ async def _tables(url: str) -> set[str]:
     try:
         async with engine.connect() as connection:
             rows = await connection.scalars(
-                text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")
+                text(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+                )
             )
             return set(rows.all())
     finally:

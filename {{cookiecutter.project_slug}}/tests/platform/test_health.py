@@ -5,6 +5,7 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy.engine import URL
 
 from {{ cookiecutter.package_name }}.main import create_app
+
 from tests.conftest import make_settings
 
 
