@@ -1,7 +1,8 @@
 """The application factory: `uvicorn {{ cookiecutter.package_name }}.main:create_app --factory`.
 
 Nothing happens at import time. `create_app` wires the standards in `platform/` around the domain
-routers; the lifespan owns the database engine (and, with it, every pooled connection).
+routers; the lifespan owns the database engine and the outbound HTTP client (and, with them, every
+pooled connection), and closes both on shutdown.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from fastapi import APIRouter, FastAPI
 from {{ cookiecutter.package_name }} import domains
 from {{ cookiecutter.package_name }}.db import migrations
 from {{ cookiecutter.package_name }}.db.session import create_engine, create_sessionmaker
-from {{ cookiecutter.package_name }}.platform import errors, health, logs, tracing
+from {{ cookiecutter.package_name }}.platform import errors, health, http, logs, resilience, tracing
 from {{ cookiecutter.package_name }}.platform.metrics import Metrics
 from {{ cookiecutter.package_name }}.platform.middleware import RequestContextMiddleware
 from {{ cookiecutter.package_name }}.settings import Settings, load_settings
@@ -49,6 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.watch_pool(engine)
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
+        client = http.create_client(settings)
+        app.state.upstreams = resilience.Upstreams(client, settings=settings, metrics=metrics, tracer=tracer)
         app.state.readiness = health.Readiness(
             engine,
             expected_heads=migrations.expected_heads(settings.migrations_dir),
@@ -59,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.readiness.shutting_down = True
+            await client.aclose()
             await engine.dispose()
             if tracer_provider is not None:
                 tracer_provider.shutdown()  # flushes spans still in the batch
@@ -85,5 +89,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tracer=tracer,
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
+        request_timeout_s=settings.request_timeout_s,
     )
     return app

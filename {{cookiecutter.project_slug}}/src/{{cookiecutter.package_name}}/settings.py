@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, HttpUrl, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -46,9 +46,29 @@ class Settings(BaseSettings):
     db_connect_timeout_s: PositiveSeconds = 3.0
     db_statement_timeout_s: PositiveSeconds = 5.0
     db_idle_in_transaction_timeout_s: PositiveSeconds = 10.0
+    db_lock_timeout_s: PositiveSeconds = 2.0
     ready_timeout_s: PositiveSeconds = 1.0
 
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+
+    # The deadline of each inbound request: outbound calls and their retries never run past it.
+    request_timeout_s: PositiveSeconds = 10.0
+
+    # Outbound HTTP (platform/http.py, platform/resilience.py). With the defaults a hanging upstream
+    # is answered 504 in about 9 s: three attempts of a 3 s read, inside the 10 s deadline.
+    http_connect_timeout_s: PositiveSeconds = 1.0
+    http_read_timeout_s: PositiveSeconds = 3.0
+    http_max_connections: int = Field(default=100, ge=1, le=10_000)
+    http_retry_attempts: int = Field(default=3, ge=1, le=10)
+    http_retry_backoff_s: PositiveSeconds = 0.1
+    http_retry_max_wait_s: PositiveSeconds = 2.0
+    http_retry_budget_ratio: float = Field(default=0.2, ge=0, le=1)
+    breaker_fail_max: int = Field(default=5, ge=1, le=1000)
+    breaker_reset_timeout_s: PositiveSeconds = 30.0
+    breaker_half_open_probes: int = Field(default=1, ge=1, le=100)
+
+    # The example domain's upstream; unset skips the stock check (so `make demo` needs nothing else).
+    inventory_url: HttpUrl | None = None
 
     # The OpenTelemetry SDK reads the rest of the standard OTEL_* variables itself
     # (OTEL_TRACES_SAMPLER, OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_HEADERS, ...).
@@ -68,6 +88,12 @@ class Settings(BaseSettings):
             return None
         to_async_url(value.get_secret_value())  # raises ValueError with a client-safe reason
         return value
+
+    @model_validator(mode="after")
+    def _waits_fit_the_deadline(self) -> Settings:
+        if self.db_pool_timeout_s >= self.request_timeout_s:
+            raise ValueError("DB_POOL_TIMEOUT_S must be shorter than REQUEST_TIMEOUT_S")
+        return self
 
     def database_async_url(self) -> URL | None:
         """The configured URL with the async driver, or None when none is configured."""

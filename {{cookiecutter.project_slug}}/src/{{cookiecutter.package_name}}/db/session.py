@@ -3,7 +3,8 @@
 Standards: Reliability / Timeouts (connect, pool checkout and statement timeouts on every
 connection) and Data / Transactions (one request is one transaction). Tuned by `DB_POOL_SIZE`,
 `DB_MAX_OVERFLOW`, `DB_POOL_TIMEOUT_S`, `DB_CONNECT_TIMEOUT_S`, `DB_STATEMENT_TIMEOUT_S`,
-`DB_IDLE_IN_TRANSACTION_TIMEOUT_S`.
+`DB_LOCK_TIMEOUT_S`, `DB_IDLE_IN_TRANSACTION_TIMEOUT_S`. An exhausted pool answers 503
+(`errors.py`) after `DB_POOL_TIMEOUT_S`, which settings keep below the request deadline.
 
 `SessionDep` opens the transaction before the handler runs and commits after it returns, before
 the response is sent (FastAPI's `scope="function"`): a client never sees 201 for a write that then
@@ -37,6 +38,7 @@ def create_engine(settings: Settings, url: URL) -> AsyncEngine:
             "server_settings": {
                 "application_name": settings.service_name,
                 "statement_timeout": f"{int(settings.db_statement_timeout_s * 1000)}ms",
+                "lock_timeout": f"{int(settings.db_lock_timeout_s * 1000)}ms",
                 "idle_in_transaction_session_timeout": f"{int(settings.db_idle_in_transaction_timeout_s * 1000)}ms",
             },
         },

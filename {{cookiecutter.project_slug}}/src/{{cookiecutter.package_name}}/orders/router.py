@@ -1,27 +1,51 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, status
+import structlog
+from fastapi import APIRouter, FastAPI, Query, Response, status
 
 from {{ cookiecutter.package_name }}.db.session import SessionDep
 from {{ cookiecutter.package_name }}.orders import service
+from {{ cookiecutter.package_name }}.orders.inventory import Inventory, InventoryDep
 from {{ cookiecutter.package_name }}.orders.schemas import OrderCreate, OrderPage, OrderRead
 from {{ cookiecutter.package_name }}.platform.errors import PROBLEM_RESPONSES
+from {{ cookiecutter.package_name }}.settings import Settings
 
 MAX_PAGE_SIZE = 100
 
-router = APIRouter(prefix="/v1/orders", tags=["orders"])
+log = structlog.get_logger(__name__)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Runs inside the app's lifespan: the shared HTTP client and upstreams exist by now."""
+    settings: Settings = app.state.settings
+    if settings.inventory_url is None:
+        log.info("inventory_check_skipped", reason="INVENTORY_URL is not set")
+        app.state.inventory = Inventory(None)
+    else:
+        app.state.inventory = Inventory(app.state.upstreams.get("inventory", str(settings.inventory_url)))
+    yield
+
+
+router = APIRouter(prefix="/v1/orders", tags=["orders"], lifespan=lifespan)
 
 
 def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {code: PROBLEM_RESPONSES[code] for code in statuses}
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=_problems(400, 422))
-async def create_order(data: OrderCreate, session: SessionDep, response: Response) -> OrderRead:
-    order = await service.create(session=session, data=data)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=_problems(400, 409, 422, 503, 504))
+async def create_order(
+    data: OrderCreate, session: SessionDep, inventory: InventoryDep, response: Response
+) -> OrderRead:
+    """Create an order once the inventory service confirms the stock (409 `insufficient-stock`
+    otherwise; 503 or 504 when it cannot be asked)."""
+    order = await service.create(session=session, inventory=inventory, data=data)
     response.headers["Location"] = f"{router.prefix}/{order.id}"
     return OrderRead.model_validate(order)
 

@@ -12,6 +12,7 @@ import structlog
 from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from {{ cookiecutter.package_name }}.orders.inventory import Inventory
 from {{ cookiecutter.package_name }}.orders.models import Order
 from {{ cookiecutter.package_name }}.orders.schemas import OrderCreate
 from {{ cookiecutter.package_name }}.platform.errors import BadRequest, NotFound
@@ -19,7 +20,9 @@ from {{ cookiecutter.package_name }}.platform.errors import BadRequest, NotFound
 log = structlog.get_logger(__name__)
 
 
-async def create(*, session: AsyncSession, data: OrderCreate) -> Order:
+async def create(*, session: AsyncSession, inventory: Inventory, data: OrderCreate) -> Order:
+    # Before the first statement: no connection is held while the upstream is called.
+    await inventory.ensure_available(sku=data.sku, quantity=data.quantity)
     order = Order(sku=data.sku, quantity=data.quantity)
     session.add(order)
     await session.flush()

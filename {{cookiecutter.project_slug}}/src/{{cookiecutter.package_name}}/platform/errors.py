@@ -11,6 +11,8 @@ The tree, expected errors first:
       NotFound        404        dependency that is down); raise it from services
       Conflict        409
       BadRequest      400
+    database pool exhausted      503 `database-busy` with Retry-After, after DB_POOL_TIMEOUT_S
+    database unreachable         503 `database-unavailable`
     HTTPException (Starlette)    routing and protocol: 404 unknown route, 405, 413 body too large
     RequestValidationError       400 malformed JSON, 422 fields that fail their schema
     any other exception          a bug: logged once with its stack trace, answered 500 with no
@@ -28,6 +30,8 @@ import structlog
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -181,6 +185,33 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _pool_exhausted(request: Request, exc: Exception) -> Response:
+    log.warning("db_pool_exhausted", error=str(exc))
+    return problem(
+        503,
+        "The service is at capacity; retry shortly.",
+        slug="database-busy",
+        request_id=_request_id(request),
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DBAPIError)
+    if not (exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)):
+        # Any other database error is a bug (a constraint we did not expect, bad SQL): a 500.
+        log.error("database_error", exc_info=exc)
+        return internal_error(_request_id(request))
+    log.warning("database_unavailable", error=type(exc.orig).__name__)
+    return problem(
+        503,
+        "The database is unavailable; retry shortly.",
+        slug="database-unavailable",
+        request_id=_request_id(request),
+        headers={"Retry-After": "1"},
+    )
+
+
 def internal_error(request_id: str | None) -> Response:
     """The answer to a bug: nothing about it leaves the process but the request id to quote."""
     return problem(
@@ -192,3 +223,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(PoolTimeout, _pool_exhausted)
+    app.add_exception_handler(DBAPIError, _database_unavailable)

@@ -1,7 +1,8 @@
 """Prometheus metrics, served at `GET /metrics`.
 
 Standard: Observability / Metrics. Request count and latency by method, route template and status
-(recorded by `middleware.RequestContextMiddleware`); database pool gauges read at scrape time.
+(recorded by `middleware.RequestContextMiddleware`); outbound calls, retries and circuit breaker
+state per upstream (recorded by `resilience`); database pool gauges read at scrape time.
 Each app has its own registry, so two apps in one process (tests) never share counters.
 Metric names follow Prometheus conventions; the runbook and the alert rules use them as written here.
 """
@@ -10,7 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -36,6 +44,38 @@ class Metrics:
             "Time from request start to the last byte of the response.",
             ["method", "route", "status"],
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+        self.upstream_calls = Counter(
+            "upstream_calls",
+            "Calls to an upstream, after retries, by outcome: ok, failed, timeout, unreachable, circuit_open.",
+            ["upstream", "outcome"],
+            registry=self.registry,
+        )
+        self.upstream_latency = Histogram(
+            "upstream_attempt_duration_seconds",
+            "Duration of each attempt of an outbound call, by status (or error).",
+            ["upstream", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_retries = Counter(
+            "upstream_retries",
+            "Retries made, after a transient failure.",
+            ["upstream"],
+            registry=self.registry,
+        )
+        self.upstream_retries_denied = Counter(
+            "upstream_retries_denied",
+            "Retries not made, by why: circuit_open, deadline, budget.",
+            ["upstream", "why"],
+            registry=self.registry,
+        )
+        self.breaker_state = Gauge(
+            "circuit_breaker_state",
+            "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open.",
+            ["upstream"],
             registry=self.registry,
         )
 

@@ -7,7 +7,8 @@ propagation. Tuned by `MAX_BODY_BYTES`; span export by the `OTEL_*` variables (s
 
 Per request, in order: take `X-Request-ID` when it is safe (else make one) and bind it to the log
 context; continue the caller's W3C `traceparent` in a SERVER span; refuse a body over the limit
-with 413 before reading it; run the app; answer 500 problem+json for an exception that escaped
+with 413 before reading it; run the app under the request's deadline (`REQUEST_TIMEOUT_S`, see
+`deadline`); answer 500 problem+json for an exception that escaped
 every handler (logged once, with its stack trace); write one `http_request` line and record
 the request in the metrics.
 """
@@ -25,7 +26,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from {{ cookiecutter.package_name }}.platform import errors
+from {{ cookiecutter.package_name }}.platform import deadline, errors
 from {{ cookiecutter.package_name }}.platform.metrics import Metrics
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -38,8 +39,17 @@ log = structlog.get_logger(__name__)
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, tracer: trace.Tracer, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        tracer: trace.Tracer,
+        metrics: Metrics,
+        max_body_bytes: int,
+        request_timeout_s: float,
+    ) -> None:
         self.app = app
+        self.request_timeout_s = request_timeout_s
         self.tracer = tracer
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
@@ -87,7 +97,8 @@ class RequestContextMiddleware:
             if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
                 await self._too_large(request_id, send_with_context)
             else:
-                await self.app(scope, self._limited(receive), send_with_context)
+                with deadline.scope(self.request_timeout_s):
+                    await self.app(scope, self._limited(receive), send_with_context)
         except errors.PayloadTooLarge:
             # Only reached when a route reads the body itself; FastAPI's parsing answers it first.
             if not response_started:

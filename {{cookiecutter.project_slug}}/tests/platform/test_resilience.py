@@ -1,0 +1,349 @@
+"""Outbound calls against a real, scripted upstream on 127.0.0.1: retries, deadline, breaker, budget.
+
+Waits between retries go through an injected sleep that records them and returns at once, so the
+suite measures decisions, not time. The breaker's reset timeout is real but short (0.2 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from {{ cookiecutter.package_name }}.platform import deadline, http
+from {{ cookiecutter.package_name }}.platform.metrics import Metrics
+from {{ cookiecutter.package_name }}.platform.resilience import (
+    CircuitOpen,
+    Upstream,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    parse_retry_after,
+)
+from {{ cookiecutter.package_name }}.settings import Settings
+
+from tests.upstream import Reply, ScriptedUpstream, closed_port
+
+FAST = {
+    "http_connect_timeout_s": 0.5,
+    "http_read_timeout_s": 0.2,
+    "http_retry_attempts": 3,
+    "http_retry_backoff_s": 0.1,
+    "http_retry_max_wait_s": 0.3,
+    "breaker_fail_max": 5,
+    "breaker_reset_timeout_s": 0.2,
+    "request_timeout_s": 3.0,
+}
+OK = Reply(200, {"ok": True})
+UNAVAILABLE = Reply(503)
+
+
+class Sleeps:
+    """Records the waits tenacity asks for; returns at once."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+MakeUpstream = Callable[..., Upstream]
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with http.create_client(Settings(**FAST)) as client:  # type: ignore[arg-type]
+        yield client
+
+
+@pytest.fixture
+def sleeps() -> Sleeps:
+    return Sleeps()
+
+
+@pytest.fixture
+def make_upstream(client: httpx.AsyncClient, sleeps: Sleeps) -> MakeUpstream:
+    def make(url: str, tracer: trace.Tracer | None = None, **overrides: Any) -> Upstream:
+        settings = Settings(**(FAST | overrides))  # type: ignore[arg-type]
+        return Upstream(
+            "inventory",
+            url,
+            client=client,
+            settings=settings,
+            metrics=Metrics(),
+            tracer=tracer or trace.NoOpTracer(),
+            sleep=sleeps,
+        )
+
+    return make
+
+
+def attempts(upstream: Upstream) -> float:
+    registry = upstream.metrics.registry
+    return sum(
+        sample.value
+        for metric in registry.collect()
+        if metric.name == "upstream_attempt_duration_seconds"
+        for sample in metric.samples
+        if sample.name.endswith("_count")
+    )
+
+
+async def test_a_transient_503_is_retried_once_and_succeeds(
+    make_upstream: MakeUpstream, sleeps: Sleeps
+) -> None:
+    async with ScriptedUpstream().then(UNAVAILABLE, OK) as server:
+        upstream = make_upstream(server.url)
+        response = await upstream.request("GET", "/stock/a")
+    assert response.status_code == 200
+    assert len(server.received) == 2
+    assert len(sleeps.waits) == 1
+    assert (
+        upstream.metrics.registry.get_sample_value("upstream_retries_total", {"upstream": "inventory"}) == 1
+    )
+
+
+async def test_a_hanging_upstream_gives_504_within_the_deadline(make_upstream: MakeUpstream) -> None:
+    async with ScriptedUpstream(default=Reply(hang=True)) as server:
+        upstream = make_upstream(server.url, http_read_timeout_s=5.0)
+        started = time.monotonic()
+        with deadline.scope(0.5), pytest.raises(UpstreamTimeout):
+            await upstream.request("GET", "/stock/a")
+        elapsed = time.monotonic() - started
+    assert elapsed < 0.5 + 0.25  # the deadline, not the 5 s read timeout, ended it
+
+
+async def test_read_timeouts_are_retried_for_idempotent_calls(make_upstream: MakeUpstream) -> None:
+    async with ScriptedUpstream(default=Reply(hang=True)) as server:
+        upstream = make_upstream(server.url)
+        with pytest.raises(UpstreamTimeout):
+            await upstream.request("GET", "/stock/a")
+    assert len(server.received) == 3
+
+
+async def test_a_closed_port_gives_503_after_at_most_the_configured_attempts(
+    make_upstream: MakeUpstream,
+) -> None:
+    upstream = make_upstream(f"http://127.0.0.1:{closed_port()}")
+    with pytest.raises(UpstreamUnavailable) as raised:
+        await upstream.request("GET", "/stock/a")
+    assert raised.value.status == 503
+    assert attempts(upstream) == 3
+
+
+async def test_an_unsafe_call_is_retried_only_with_an_idempotency_key(make_upstream: MakeUpstream) -> None:
+    async with ScriptedUpstream().then(UNAVAILABLE, UNAVAILABLE, OK) as server:
+        upstream = make_upstream(server.url)
+        with pytest.raises(UpstreamUnavailable):
+            await upstream.request("POST", "/reservations", json={"sku": "a"})
+        assert len(server.received) == 1
+        response = await upstream.request(
+            "POST", "/reservations", json={"sku": "a"}, headers={"Idempotency-Key": "k-1"}
+        )
+    assert response.status_code == 200
+    assert len(server.received) == 3
+
+
+async def test_the_breaker_opens_fails_fast_and_a_probe_closes_it(make_upstream: MakeUpstream) -> None:
+    async with ScriptedUpstream(default=Reply(500)) as server:
+        upstream = make_upstream(server.url, http_retry_attempts=1)
+        for _ in range(5):
+            with pytest.raises(UpstreamUnavailable):
+                await upstream.request("GET", "/stock/a")
+        assert upstream.breaker.state == "open"
+        reached = len(server.received)
+
+        started = time.perf_counter()
+        with pytest.raises(CircuitOpen) as raised:
+            await upstream.request("GET", "/stock/a")
+        rejected_in = time.perf_counter() - started
+        assert rejected_in < 0.005
+        assert len(server.received) == reached  # the upstream never saw it
+        assert raised.value.headers["Retry-After"] == "1"  # 0.2 s left, rounded up to whole seconds
+
+        await asyncio.sleep(0.25)
+        server.default = OK
+        assert (await upstream.request("GET", "/stock/a")).status_code == 200
+        assert upstream.breaker.state == "closed"
+    gauge = upstream.metrics.registry.get_sample_value("circuit_breaker_state", {"upstream": "inventory"})
+    assert gauge == 0
+
+
+async def test_a_failed_probe_reopens_and_half_open_admits_a_bounded_number(
+    make_upstream: MakeUpstream,
+) -> None:
+    async with ScriptedUpstream(default=Reply(500)) as server:
+        upstream = make_upstream(server.url, http_retry_attempts=1, breaker_fail_max=1)
+        with pytest.raises(UpstreamUnavailable):
+            await upstream.request("GET", "/stock/a")
+        await asyncio.sleep(0.25)
+
+        server.default = Reply(200, {"ok": True}, delay_s=0.1)
+        probe = asyncio.create_task(upstream.request("GET", "/stock/a"))
+        await asyncio.sleep(0.03)
+        assert upstream.breaker.state == "half-open"
+        with pytest.raises(CircuitOpen):  # one probe at a time
+            await upstream.request("GET", "/stock/b")
+        assert (await probe).status_code == 200
+        assert upstream.breaker.state == "closed"
+
+        server.default = Reply(500)
+        with pytest.raises(UpstreamUnavailable):
+            await upstream.request("GET", "/stock/a")
+        await asyncio.sleep(0.25)
+        with pytest.raises(UpstreamUnavailable):
+            await upstream.request("GET", "/stock/a")  # the probe fails
+        assert upstream.breaker.state == "open"
+
+
+async def test_a_cancelled_call_does_not_count(make_upstream: MakeUpstream) -> None:
+    async with ScriptedUpstream(default=Reply(hang=True)) as server:
+        upstream = make_upstream(server.url, breaker_fail_max=1, http_read_timeout_s=5.0)
+        for _ in range(3):
+            call = asyncio.create_task(upstream.request("GET", "/stock/a"))
+            await asyncio.sleep(0.05)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        assert upstream.breaker.state == "closed"
+        assert upstream.breaker.storage.counter == 0
+
+
+async def test_a_404_is_an_answer_not_a_failure(make_upstream: MakeUpstream) -> None:
+    async with ScriptedUpstream(default=Reply(404, {"detail": "no such sku"})) as server:
+        upstream = make_upstream(server.url, breaker_fail_max=1)
+        for _ in range(3):
+            assert (await upstream.request("GET", "/stock/a")).status_code == 404
+    assert upstream.breaker.state == "closed"
+    assert len(server.received) == 3  # and never retried
+
+
+async def _waits_with_seed(make_upstream: MakeUpstream, sleeps: Sleeps, seed: int) -> list[float]:
+    sleeps.waits.clear()
+    random.seed(seed)
+    async with ScriptedUpstream().then(UNAVAILABLE, UNAVAILABLE, OK) as server:
+        await make_upstream(server.url).request("GET", "/stock/a")
+    return list(sleeps.waits)
+
+
+async def test_waits_are_random_and_bounded_by_the_cap(make_upstream: MakeUpstream, sleeps: Sleeps) -> None:
+    first = await _waits_with_seed(make_upstream, sleeps, seed=7)
+    again = await _waits_with_seed(make_upstream, sleeps, seed=7)
+    other = await _waits_with_seed(make_upstream, sleeps, seed=8)
+    assert first == again  # seeded: reproducible
+    assert first != other  # but random
+    assert len(first) == 2
+    assert all(0 <= wait <= FAST["http_retry_max_wait_s"] for wait in first + other)
+
+
+async def test_retry_after_is_honoured_in_both_forms_and_capped(
+    make_upstream: MakeUpstream, sleeps: Sleeps
+) -> None:
+    in_a_second = format_datetime(datetime.now(UTC) + timedelta(seconds=1), usegmt=True)
+    async with ScriptedUpstream().then(
+        Reply(503, headers={"retry-after": "0"}),
+        Reply(429, headers={"retry-after": in_a_second}),
+        OK,
+        Reply(503, headers={"retry-after": "120"}),
+        OK,
+    ) as server:
+        upstream = make_upstream(server.url, http_retry_max_wait_s=1.5, http_retry_attempts=3)
+        await upstream.request("GET", "/stock/a")
+        await upstream.request("GET", "/stock/a")
+    assert sleeps.waits[0] == 0
+    assert 0 < sleeps.waits[1] <= 1.0
+    assert sleeps.waits[2] == 1.5  # 120 s asked, capped
+
+
+def test_parse_retry_after() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert parse_retry_after("7", now=now) == 7
+    assert parse_retry_after("Thu, 01 Jan 2026 00:00:30 GMT", now=now) == 30
+    assert parse_retry_after("Wed, 31 Dec 2025 00:00:00 GMT", now=now) == 0  # in the past
+    assert parse_retry_after("soon", now=now) is None
+    assert parse_retry_after(None, now=now) is None
+
+
+async def test_no_retry_would_end_past_the_deadline(make_upstream: MakeUpstream, sleeps: Sleeps) -> None:
+    async with ScriptedUpstream().then(Reply(503, headers={"retry-after": "1"}), OK) as server:
+        upstream = make_upstream(server.url, http_retry_max_wait_s=5.0)
+        with deadline.scope(0.5), pytest.raises(UpstreamUnavailable):
+            await upstream.request("GET", "/stock/a")
+    assert len(server.received) == 1
+    assert sleeps.waits == []
+
+
+async def test_the_retry_budget_stops_a_retry_storm(make_upstream: MakeUpstream) -> None:
+    requests = 100
+    async with ScriptedUpstream(default=UNAVAILABLE) as server:
+        upstream = make_upstream(server.url, breaker_fail_max=1000)
+        for _ in range(requests):
+            with pytest.raises(UpstreamUnavailable):
+                await upstream.request("GET", "/stock/a")
+    budget = FAST.get("http_retry_budget_ratio", 0.2)
+    # Without a budget: 3 attempts each, 300. With it: one each, plus ~20 %, plus the reserve.
+    assert requests <= len(server.received) <= (1 + budget) * requests + 10 + 1
+    denied = upstream.metrics.registry.get_sample_value(
+        "upstream_retries_denied_total", {"upstream": "inventory", "why": "budget"}
+    )
+    assert denied is not None
+    assert denied > 0
+
+
+async def test_trace_context_and_request_id_reach_the_upstream(make_upstream: MakeUpstream) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    async with ScriptedUpstream() as server:
+        upstream = make_upstream(server.url, tracer=tracer)
+        with (
+            tracer.start_as_current_span("inbound request") as inbound,
+            structlog.contextvars.bound_contextvars(request_id="req-123"),
+        ):
+            await upstream.request("GET", "/stock/a")
+    [received] = server.received
+    assert received.headers["x-request-id"] == "req-123"
+    [client_span] = [span for span in exporter.get_finished_spans() if span.kind == SpanKind.CLIENT]
+    trace_id = f"{inbound.get_span_context().trace_id:032x}"
+    # The upstream continues our trace, as a child of the CLIENT span of this attempt.
+    version, received_trace_id, parent_id, _flags = received.headers["traceparent"].split("-")
+    assert (version, received_trace_id) == ("00", trace_id)
+    assert parent_id == f"{client_span.context.span_id:016x}"
+    assert client_span.parent is not None
+    assert client_span.parent.span_id == inbound.get_span_context().span_id
+
+
+def test_no_bare_http_client_is_built_outside_the_factory() -> None:
+    """A client made elsewhere would skip the timeouts, limits and propagation of `http.py`."""
+    import ast
+    from pathlib import Path
+
+    import {{ cookiecutter.package_name }} as package
+
+    root = Path(package.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        if path == root / "platform" / "http.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                name = (
+                    node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                )
+                if name in {"AsyncClient", "Client"}:
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert offenders == []
