@@ -34,3 +34,13 @@ async def test_a_request_is_one_transaction_rolled_back_when_the_handler_fails(
 async def _scratch_table(app: FastAPI) -> None:
     async with app.state.sessionmaker() as session, session.begin():
         await session.execute(text("CREATE TEMPORARY TABLE scratch (note text NOT NULL)"))
+
+
+async def test_every_connection_carries_the_database_timeouts(app: FastAPI, client: httpx.AsyncClient) -> None:
+    engine = app.state.engine
+    async with engine.connect() as connection:
+        shown = {
+            name: await connection.scalar(text(f"SHOW {name}"))
+            for name in ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
+        }
+    assert shown == {"statement_timeout": "5s", "lock_timeout": "2s", "idle_in_transaction_session_timeout": "10s"}
