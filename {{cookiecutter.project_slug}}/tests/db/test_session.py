@@ -36,11 +36,17 @@ async def _scratch_table(app: FastAPI) -> None:
         await session.execute(text("CREATE TEMPORARY TABLE scratch (note text NOT NULL)"))
 
 
-async def test_every_connection_carries_the_database_timeouts(app: FastAPI, client: httpx.AsyncClient) -> None:
+async def test_every_connection_carries_the_database_timeouts(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
     engine = app.state.engine
     async with engine.connect() as connection:
         shown = {
             name: await connection.scalar(text(f"SHOW {name}"))
             for name in ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
         }
-    assert shown == {"statement_timeout": "5s", "lock_timeout": "2s", "idle_in_transaction_session_timeout": "10s"}
+    assert shown == {
+        "statement_timeout": "5s",
+        "lock_timeout": "2s",
+        "idle_in_transaction_session_timeout": "10s",
+    }
