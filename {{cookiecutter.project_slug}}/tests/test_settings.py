@@ -40,15 +40,37 @@ def test_the_database_password_never_shows_in_settings_repr() -> None:
     assert "s3cr3t" not in str(settings.model_dump())
 
 
-@pytest.mark.parametrize("bad", ["mysql://app@db/orders", "not a url"])
-def test_a_non_postgres_database_url_is_refused(bad: str) -> None:
-    with pytest.raises(ValidationError, match="database_url"):
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ("mysql://app@db/orders", "must be a postgresql:// URL"),
+        ("not a url", "not a valid URL"),
+        ("postgresql://app@db/orders?sslmode=sometimes", "sslmode must be one of"),
+        ("postgresql://app@db/orders?connect_timeout=3", "use DB_CONNECT_TIMEOUT_S"),
+        ("postgresql://app@db/orders?options=-c%20x%3Dy", "'options' is not supported"),
+    ],
+)
+def test_a_database_url_that_would_fail_every_connection_is_refused(bad: str, reason: str) -> None:
+    with pytest.raises(ValidationError, match=reason):
         Settings(database_url=bad)  # type: ignore[arg-type]
+
+
+def test_a_malformed_database_url_never_echoes_its_password() -> None:
+    with pytest.raises(ValidationError) as raised:
+        Settings(database_url="postgresql://app:p@ss:w0rd@db/orders")  # type: ignore[arg-type]
+    assert "w0rd" not in str(raised.value)
+    assert "not a valid URL" in str(raised.value)
 
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("PORT", "eighty"), ("PORT", "70000"), ("LOG_LEVEL", "LOUD"), ("DATABASE_URL", "mysql://x@y/z")],
+    [
+        ("PORT", "eighty"),
+        ("PORT", "70000"),
+        ("LOG_LEVEL", "LOUD"),
+        ("DATABASE_URL", "mysql://x@y/z"),
+        ("MIGRATIONS_DIR", "/nowhere"),
+    ],
 )
 def test_bad_configuration_stops_startup_with_one_line_naming_the_variable(variable: str, value: str) -> None:
     env = {key: val for key, val in os.environ.items() if key not in {"PORT", "LOG_LEVEL", "DATABASE_URL"}}

@@ -15,7 +15,7 @@ from fastapi import APIRouter, FastAPI
 
 from {{ cookiecutter.package_name }} import domains
 from {{ cookiecutter.package_name }}.db import migrations
-from {{ cookiecutter.package_name }}.db.session import create_engine, create_sessionmaker
+from {{ cookiecutter.package_name }}.db.session import create_engine, create_probe_engine, create_sessionmaker
 from {{ cookiecutter.package_name }}.platform import errors, health, http, logs, resilience, tracing
 from {{ cookiecutter.package_name }}.platform.metrics import Metrics
 from {{ cookiecutter.package_name }}.platform.middleware import RequestContextMiddleware
@@ -52,9 +52,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessionmaker = create_sessionmaker(engine)
         client = http.create_client(settings)
         app.state.upstreams = resilience.Upstreams(client, settings=settings, metrics=metrics, tracer=tracer)
+        probe_engine = create_probe_engine(settings, url)
         app.state.readiness = health.Readiness(
-            engine,
+            probe_engine,
             expected_heads=migrations.expected_heads(settings.migrations_dir),
+            known_revisions=migrations.known_revisions(settings.migrations_dir),
             timeout_s=settings.ready_timeout_s,
         )
         log.info("service_started", service=settings.service_name, environment=settings.environment)
@@ -64,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.readiness.shutting_down = True
             await client.aclose()
             await engine.dispose()
+            await probe_engine.dispose()
             if tracer_provider is not None:
                 tracer_provider.shutdown()  # flushes spans still in the batch
             log.info("service_stopped", service=settings.service_name)

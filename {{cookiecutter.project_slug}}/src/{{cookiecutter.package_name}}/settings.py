@@ -25,7 +25,8 @@ ASYNC_DRIVER = "postgresql+asyncpg"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+    # hide_input_in_errors: a rejected DATABASE_URL must not reach a log inside an error message.
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
 
     service_name: str = "{{ cookiecutter.project_slug }}"
     environment: str = "development"
@@ -76,6 +77,16 @@ class Settings(BaseSettings):
     otel_exporter_otlp_endpoint: str | None = None
     otel_sdk_disabled: bool = False
 
+    @field_validator("migrations_dir")
+    @classmethod
+    def _has_env_py(cls, value: Path) -> Path:
+        if not (value / "env.py").is_file():
+            raise ValueError(
+                f"{value} holds no Alembic environment (env.py): run from the project directory "
+                "or set MIGRATIONS_DIR"
+            )
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
@@ -100,18 +111,42 @@ class Settings(BaseSettings):
         return None if self.database_url is None else to_async_url(self.database_url.get_secret_value())
 
 
+# libpq query parameters that have an asyncpg equivalent, and those that are refused with the
+# setting to use instead (asyncpg would otherwise fail on every connection with a TypeError).
+_SSL_MODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+_REFUSED_PARAMETERS = {
+    "connect_timeout": "use DB_CONNECT_TIMEOUT_S",
+    "application_name": "use SERVICE_NAME",
+    "options": "use the DB_*_TIMEOUT_S settings",
+}
+
+
 def to_async_url(raw: str) -> URL:
     """Accept `postgresql://`, `postgres://` or any `postgresql+driver://` URL, including the
-    unix-socket form `postgresql://user@/db?host=/path`, and pick the service's async driver."""
+    unix-socket form `postgresql://user@/db?host=/path`, and pick the service's async driver.
+    Error messages never echo the URL: it holds the password."""
+    if raw.startswith("postgres://"):
+        raw = "postgresql://" + raw.removeprefix("postgres://")
     try:
-        url = make_url(
-            raw.replace("postgres://", "postgresql://", 1) if raw.startswith("postgres://") else raw
-        )
-    except ArgumentError:
-        raise ValueError("not a URL (expected postgresql://user:password@host:port/database)") from None
+        url = make_url(raw)
+        _ = url.port  # parsing the port is where a password with an unencoded ':' or '@' fails
+    except (ArgumentError, ValueError):
+        raise ValueError(
+            "not a valid URL (expected postgresql://user:password@host:5432/database; "
+            "percent-encode special characters in the password)"
+        ) from None
     if url.get_backend_name() != "postgresql":
         raise ValueError(f"must be a postgresql:// URL, not {url.drivername}://")
-    return url.set(drivername=ASYNC_DRIVER)
+    query = dict(url.query)
+    for name, instead in _REFUSED_PARAMETERS.items():
+        if name in query:
+            raise ValueError(f"the query parameter {name!r} is not supported: {instead}")
+    if "sslmode" in query:
+        mode = query.pop("sslmode")
+        if mode not in _SSL_MODES:
+            raise ValueError(f"sslmode must be one of {', '.join(sorted(_SSL_MODES))}")
+        query["ssl"] = mode  # asyncpg's name for the same modes
+    return url.set(drivername=ASYNC_DRIVER, query=query)
 
 
 def load_settings() -> Settings:

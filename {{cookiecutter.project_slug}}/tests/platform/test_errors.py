@@ -4,10 +4,17 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import text
 
+from {{ cookiecutter.package_name }}.db.session import SessionDep
+from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.platform.errors import Conflict
+
+from tests.conftest import make_settings
+from tests.upstream import Reply, ScriptedUpstream, closed_port
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "request_id"}
 
@@ -65,13 +72,7 @@ async def test_a_bug_is_a_500_without_internals_and_is_logged_with_its_stack(
 
 
 async def test_a_body_over_the_limit_is_refused_from_its_content_length(app: FastAPI) -> None:
-    from asgi_lifespan import LifespanManager
-
-    from tests.conftest import make_settings
-
     small = make_settings(app.state.settings.database_url.get_secret_value(), max_body_bytes=100)
-    from {{ cookiecutter.package_name }}.main import create_app
-
     limited = create_app(small)
     async with LifespanManager(limited) as manager:
         transport = httpx.ASGITransport(app=manager.app)
@@ -122,3 +123,24 @@ async def test_validation_errors_list_each_field_without_echoing_input(
     fields = {tuple(error["loc"]) for error in body["errors"]}
     assert {("body", "name"), ("body", "count"), ("body", "extra")} <= fields
     assert "secret-value" not in response.text
+
+
+async def test_a_database_that_is_down_is_a_503_not_a_bug() -> None:
+    async with ScriptedUpstream(default=Reply(hang=True)) as silent:
+        for url in (
+            f"postgresql://app@127.0.0.1:{closed_port()}/app",
+            f"postgresql://app@127.0.0.1:{silent.port}/app",
+        ):
+            down = create_app(make_settings(url, db_connect_timeout_s=0.3))
+
+            @down.get("/query")
+            async def query(session: SessionDep) -> dict[str, int]:
+                return {"one": int(await session.scalar(text("SELECT 1")) or 0)}
+
+            async with LifespanManager(down) as manager:
+                transport = httpx.ASGITransport(app=manager.app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+                    response = await client.get("/query")
+            body = assert_problem(response, 503, "/problems/database-unavailable")
+            assert response.headers["retry-after"] == "1"
+            assert "127.0.0.1" not in body["detail"]

@@ -1,12 +1,21 @@
 from __future__ import annotations
 
+import asyncio
+import time
+
 import httpx
 from asgi_lifespan import LifespanManager
+from sqlalchemy import text
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from {{ cookiecutter.package_name }}.db.session import SessionDep
 from {{ cookiecutter.package_name }}.main import create_app
 
-from tests.conftest import make_settings
+from tests.conftest import TEST_DATABASE, make_settings, recreate
+from tests.upstream import Reply, ScriptedUpstream
+
+AHEAD = f"{TEST_DATABASE}_ahead"
 
 
 async def _get(settings_url: URL | str, path: str) -> httpx.Response:
@@ -46,4 +55,53 @@ async def test_not_ready_when_schema_is_behind_head(empty_database_url: URL) -> 
     assert response.status_code == 503
     checks = response.json()["checks"]
     assert checks["database"] == "ok"
-    assert checks["schema"].startswith("at no revision, code expects")
+    assert checks["schema"].startswith("behind: at no revision, code expects")
+
+
+async def test_ready_when_the_database_is_ahead_of_this_code(server_url: URL) -> None:
+    """The next release's migration has run (expand/contract): this replica still serves."""
+    await recreate(server_url, AHEAD)
+    url = server_url.set(database=AHEAD)
+    engine = create_async_engine(url)
+    async with engine.begin() as connection:
+        await connection.execute(text("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)"))
+        await connection.execute(text("INSERT INTO alembic_version VALUES ('9999_from_the_future')"))
+    await engine.dispose()
+    response = await _get(url, "/ready")
+    assert response.status_code == 200, response.text
+
+
+async def test_ready_answers_within_its_timeout_when_the_database_hangs() -> None:
+    # A server that accepts connections and never answers: the worst kind of database outage.
+    async with ScriptedUpstream(default=Reply(hang=True)) as silent:
+        app = create_app(make_settings(f"postgresql://app@127.0.0.1:{silent.port}/app", ready_timeout_s=0.5))
+        async with LifespanManager(app) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+                started = time.monotonic()
+                response = await client.get("/ready")
+                elapsed = time.monotonic() - started
+    assert response.status_code == 503
+    assert response.json()["checks"]["database"] == "no answer within 0.5s"
+    assert elapsed < 0.5 + 0.3
+
+
+async def test_ready_does_not_queue_behind_a_busy_pool(database_url: URL) -> None:
+    app = create_app(make_settings(database_url, db_pool_size=1, db_max_overflow=0, db_pool_timeout_s=1.0))
+    release = asyncio.Event()
+
+    @app.get("/hold")
+    async def hold(session: SessionDep) -> dict[str, str]:
+        await session.execute(text("SELECT 1"))  # takes the pool's only connection
+        await release.wait()
+        return {}
+
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            holder = asyncio.create_task(client.get("/hold"))
+            await asyncio.sleep(0.1)
+            response = await client.get("/ready")
+            release.set()
+            await holder
+    assert response.status_code == 200, response.text

@@ -65,3 +65,15 @@ async def test_standard_library_records_are_json_with_the_request_context(
     assert line["level"] == "warning"
     assert line["request_id"] == response.headers["x-request-id"]
     assert line["trace_id"] == TRACE_ID
+
+
+async def test_probe_lines_carry_ids_too(client: httpx.AsyncClient, log_lines: LogLines) -> None:
+    response = await client.get("/ready", headers={"traceparent": TRACEPARENT})
+    [line] = [line for line in log_lines() if line["event"] == "http_request"]
+    assert line["request_id"] == response.headers["x-request-id"]
+    assert line["trace_id"] == TRACE_ID
+    assert len(line["span_id"]) == 16
+
+    await client.get("/health")
+    untraced = [line for line in log_lines() if line["event"] == "http_request"][-1]
+    assert len(untraced["trace_id"]) == 32

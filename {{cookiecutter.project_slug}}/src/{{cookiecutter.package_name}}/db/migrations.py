@@ -29,5 +29,11 @@ def expected_heads(migrations_dir: Path) -> frozenset[str]:
     return frozenset(ScriptDirectory.from_config(alembic_config(migrations_dir)).get_heads())
 
 
+def known_revisions(migrations_dir: Path) -> frozenset[str]:
+    """Every revision this code ships: a database at one it does not know is ahead of it."""
+    script = ScriptDirectory.from_config(alembic_config(migrations_dir))
+    return frozenset(revision.revision for revision in script.walk_revisions())
+
+
 def upgrade(migrations_dir: Path, url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(migrations_dir, url), revision)

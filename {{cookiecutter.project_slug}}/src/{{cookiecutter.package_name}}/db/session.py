@@ -14,35 +14,58 @@ failed to commit. Services `flush()`, never `commit()`; an exception rolls every
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy.engine import URL
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
 
+from {{ cookiecutter.package_name }}.platform.errors import DatabaseUnavailable
 from {{ cookiecutter.package_name }}.settings import Settings
 
 
 def create_engine(settings: Settings, url: URL) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_s,
         # Connections older than this are replaced, so a failover or a PgBouncer restart heals itself.
         pool_recycle=1800,
-        connect_args={
-            "timeout": settings.db_connect_timeout_s,
-            # Client-side backstop, a little above the server's own limit below.
-            "command_timeout": settings.db_statement_timeout_s + 1,
-            "server_settings": {
-                "application_name": settings.service_name,
-                "statement_timeout": f"{int(settings.db_statement_timeout_s * 1000)}ms",
-                "lock_timeout": f"{int(settings.db_lock_timeout_s * 1000)}ms",
-                "idle_in_transaction_session_timeout": f"{int(settings.db_idle_in_transaction_timeout_s * 1000)}ms",
-            },
-        },
+        connect_args=_connect_args(settings),
     )
+    event.listen(engine.sync_engine, "do_connect", _connect_or_unavailable)
+    return engine
+
+
+def _connect_or_unavailable(dialect: Dialect, _record: object, cargs: Any, cparams: Any) -> Any:
+    """Open a connection; a refused, unreachable or silent server becomes `DatabaseUnavailable`
+    (503). The driver raises those as OSError and TimeoutError, which SQLAlchemy does not wrap."""
+    try:
+        return dialect.loaded_dbapi.connect(*cargs, **cparams)
+    except (OSError, TimeoutError) as exc:
+        raise DatabaseUnavailable("The database is unavailable; retry shortly.") from exc
+
+
+def create_probe_engine(settings: Settings, url: URL) -> AsyncEngine:
+    """For `/ready`: no pool, so a probe never waits behind requests for a connection."""
+    return create_async_engine(url, poolclass=NullPool, connect_args=_connect_args(settings))
+
+
+def _connect_args(settings: Settings) -> dict[str, object]:
+    return {
+        "timeout": settings.db_connect_timeout_s,
+        # Client-side backstop, a little above the server's own limit below.
+        "command_timeout": settings.db_statement_timeout_s + 1,
+        "server_settings": {
+            "application_name": settings.service_name,
+            "statement_timeout": f"{int(settings.db_statement_timeout_s * 1000)}ms",
+            "lock_timeout": f"{int(settings.db_lock_timeout_s * 1000)}ms",
+            "idle_in_transaction_session_timeout": f"{int(settings.db_idle_in_transaction_timeout_s * 1000)}ms",
+        },
+    }
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 import orjson
 import structlog
@@ -61,7 +61,11 @@ def _encode_cursor(created_at: datetime, order_id: uuid.UUID) -> str:
 def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, order_id = orjson.loads(raw)
-        return datetime.fromisoformat(created_at), uuid.UUID(order_id)
-    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
+        created_at_text, order_id = orjson.loads(raw)
+        created_at = datetime.fromisoformat(created_at_text)
+        if created_at.tzinfo is None:
+            raise ValueError("a cursor's time has a timezone")
+        # In UTC, as the database compares it; a forged time near the calendar's ends overflows here.
+        return created_at.astimezone(UTC), uuid.UUID(order_id)
+    except (binascii.Error, ValueError, TypeError, OverflowError, orjson.JSONDecodeError):
         raise BadRequest("The cursor is not one this API returned.", slug="invalid-cursor") from None

@@ -12,7 +12,8 @@ The tree, expected errors first:
       Conflict        409
       BadRequest      400
     database pool exhausted      503 `database-busy` with Retry-After, after DB_POOL_TIMEOUT_S
-    database unreachable         503 `database-unavailable`
+    DatabaseUnavailable          503 `database-unavailable` with Retry-After: refused, silent or
+                                 dropped connections (`db/session.py` raises it)
     HTTPException (Starlette)    routing and protocol: 404 unknown route, 405, 413 body too large
     RequestValidationError       400 malformed JSON, 422 fields that fail their schema
     any other exception          a bug: logged once with its stack trace, answered 500 with no
@@ -74,12 +75,22 @@ class ServiceUnavailable(ServiceError):
     status, slug = 503, "service-unavailable"
 
 
+class DatabaseUnavailable(ServiceUnavailable):
+    slug = "database-unavailable"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": "1"})
+
+
 class PayloadTooLarge(HTTPException):
     """Raised from inside `receive` when a body grows past `MAX_BODY_BYTES`. An HTTPException so
     that FastAPI's body parsing passes it through instead of turning it into a 400."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"The request body is larger than {limit} bytes.")
+        # Connection: close, since the rest of the body is still on the wire and will not be read.
+        super().__init__(
+            413, f"The request body is larger than {limit} bytes.", headers={"connection": "close"}
+        )
 
 
 _SLUGS = {

@@ -15,6 +15,7 @@ the request in the metrics.
 
 from __future__ import annotations
 
+import random
 import re
 import time
 from uuid import uuid4
@@ -33,6 +34,7 @@ REQUEST_ID_HEADER = "x-request-id"
 # A caller's id is kept only when it cannot forge log lines or bloat them.
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Probes and scrapes are counted and logged, but not traced: they would drown the real traces.
+# Their log lines still carry ids, from a span that is never recorded or exported.
 UNTRACED_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 log = structlog.get_logger(__name__)
@@ -67,18 +69,17 @@ class RequestContextMiddleware:
         method: str = scope["method"]
         path: str = scope["path"]
 
+        parent = propagate.extract(headers)
         if path in UNTRACED_PATHS:
-            span: trace.Span = trace.INVALID_SPAN
-            token = None
+            span = _untraced_span(parent)
         else:
-            parent = propagate.extract(headers)
             span = self.tracer.start_span(
                 method,
                 context=parent,
                 kind=SpanKind.SERVER,
                 attributes={"http.request.method": method, "url.path": path},
             )
-            token = otel_context.attach(trace.set_span_in_context(span, parent))
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
 
         status = 500
         response_started = False
@@ -127,8 +128,7 @@ class RequestContextMiddleware:
             )
             self.metrics.observe(method, route, status, duration)
             span.end()
-            if token is not None:
-                otel_context.detach(token)
+            otel_context.detach(token)
             structlog.contextvars.unbind_contextvars("request_id")
 
     def _limited(self, receive: Receive) -> Receive:
@@ -158,6 +158,16 @@ class RequestContextMiddleware:
 
 async def _no_body() -> Message:
     return {"type": "http.disconnect"}
+
+
+def _untraced_span(parent: otel_context.Context) -> trace.Span:
+    caller = trace.get_current_span(parent).get_span_context()
+    context = trace.SpanContext(
+        trace_id=caller.trace_id if caller.is_valid else random.getrandbits(128),
+        span_id=random.getrandbits(64),
+        is_remote=False,
+    )
+    return trace.NonRecordingSpan(context)
 
 
 def _route_template(scope: Scope) -> str:
