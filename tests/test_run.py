@@ -22,6 +22,16 @@ def _free_port() -> int:
         return port
 
 
+def _children(pid: int) -> list[int]:
+    ps = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False)
+    return [int(child) for child in ps.stdout.split()]
+
+
+def _processes_using(data_dir: str) -> list[str]:
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True)
+    return [line for line in ps.stdout.splitlines() if data_dir in line and "postgres" in line]
+
+
 def test_make_run_serves_health_and_ready_on_a_real_port(baked: dict[str, Path]) -> None:
     project = baked["default"]
     assert make(project, "install").returncode == 0
@@ -59,8 +69,22 @@ def test_make_run_serves_health_and_ready_on_a_real_port(baked: dict[str, Path])
         )
         assert created.status_code == 201, created.text
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        output, _ = server.communicate(timeout=60)
+        # SIGTERM to the service alone, as Kubernetes sends it to the container's process.
+        for pid in _children(server.pid):
+            os.kill(pid, signal.SIGTERM)
+        try:
+            output, _ = server.communicate(timeout=60)
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGKILL)
+
+    # The embedded PostgreSQL stopped with the service: nothing is left running on its data.
+    data_dir = str(project / ".data" / "postgres")
+    deadline = time.monotonic() + 15
+    while _processes_using(data_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_using(data_dir) == []
+    assert server.returncode == 0  # make, whose service exited 0 on SIGTERM
 
     lines = [line for line in output.splitlines() if line.startswith("{")]
     events = [json.loads(line)["event"] for line in lines]  # every JSON-looking line parses

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 import structlog
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         return 0
 
+    # uvicorn drains on SIGTERM, then re-raises it; exiting through SystemExit (status 0) instead of
+    # the default handler lets atexit hooks run, such as stopping the embedded database.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     base = f"http://{settings.host}:{settings.port}"
     log.info(
         "service_listening", url=base, docs=f"{base}/docs", ready=f"{base}/ready", metrics=f"{base}/metrics"
@@ -62,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         server_header=False,
     )
     return 0
+
+
+def _exit_cleanly(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _with_database(settings: Settings) -> Settings:

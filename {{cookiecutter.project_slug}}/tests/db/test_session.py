@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import httpx
+from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import text
 
@@ -50,3 +51,32 @@ async def test_every_connection_carries_the_database_timeouts(
         "lock_timeout": "2s",
         "idle_in_transaction_session_timeout": "10s",
     }
+
+
+async def test_a_failed_commit_is_a_500_and_leaves_nothing(app: FastAPI) -> None:
+    """The real commit path, outside the rolled-back test transaction: a constraint checked only at
+    COMMIT fails it, and the client hears 500 (not the 200 the handler returned)."""
+    async with LifespanManager(app) as manager:
+        engine = app.state.engine
+        async with engine.begin() as connection:
+            await connection.execute(text("DROP TABLE IF EXISTS commit_check"))
+            await connection.execute(
+                text(
+                    "CREATE TABLE commit_check (id int, CONSTRAINT one_only UNIQUE (id) "
+                    "DEFERRABLE INITIALLY DEFERRED)"
+                )
+            )
+
+        @app.post("/duplicate")
+        async def duplicate(session: SessionDep) -> dict[str, str]:
+            await session.execute(text("INSERT INTO commit_check VALUES (1), (1)"))
+            return {"status": "written"}
+
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            response = await client.post("/duplicate")
+        async with engine.begin() as connection:
+            rows = await connection.scalar(text("SELECT count(*) FROM commit_check"))
+            await connection.execute(text("DROP TABLE commit_check"))
+    assert response.status_code == 500
+    assert rows == 0

