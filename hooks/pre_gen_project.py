@@ -14,6 +14,8 @@ from typing import Any
 
 SLUG = re.compile(r"^[a-z][a-z0-9-]*$")
 PACKAGE = re.compile(r"^[a-z][a-z0-9_]*$")
+# Long enough for any real name; short enough that generated lines fit the formatter's width.
+MAX_PACKAGE_LENGTH = 40
 
 # Names a package must not take: it would shadow, or be shadowed by, what the service imports.
 # The service's dependencies and their own, as installed by a bake (a snapshot: uv still refuses,
@@ -106,6 +108,8 @@ def validate(context: dict[str, Any]) -> list[str]:
     package = str(context.get("package_name", ""))
     if not PACKAGE.fullmatch(package) or keyword.iskeyword(package):
         problems.append(f"package_name: {package!r} must be a lowercase Python identifier")
+    elif len(package) > MAX_PACKAGE_LENGTH:
+        problems.append(f"package_name: {package!r} must be at most {MAX_PACKAGE_LENGTH} characters")
     elif package in sys.stdlib_module_names:
         problems.append(f"package_name: {package!r} shadows the standard library module of that name")
     elif package in DEPENDENCIES:

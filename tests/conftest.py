@@ -13,13 +13,15 @@ import pytest
 
 TEMPLATE = Path(__file__).resolve().parents[1]
 
-# Every supported combination of the prompts that change which files a bake has. The second also
-# proves that a long package name, sorting after `tests`, still passes ruff and its formatter.
+# Every supported combination of the prompts that change which files a bake has, and a long package
+# name (40 characters, the most the hook allows, sorting after `tests`): generated lines that hold
+# the name must still pass ruff and its formatter.
 COMBINATIONS: dict[str, dict[str, Any]] = {
     "default": {},
-    "no-example-domain": {
-        "project_name": "Warehouse Reconciliation Service",
-        "include_example_domain": False,
+    "no-example-domain": {"project_name": "Ledger", "include_example_domain": False},
+    "long-name": {
+        "project_name": "Warehouse Stock Reconciliation Service",
+        "package_name": "warehouse_stock_reconciliation_service_x",
     },
 }
 

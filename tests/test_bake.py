@@ -40,8 +40,8 @@ def test_the_default_bake_has_the_example_domain(baked: dict[str, Path]) -> None
 
 def test_without_the_example_domain_no_trace_of_it_is_left(baked: dict[str, Path]) -> None:
     project = baked["no-example-domain"]
-    assert project.name == "warehouse-reconciliation-service"
-    package = project / "src/warehouse_reconciliation_service"
+    assert project.name == "ledger"
+    package = project / "src/ledger"
     assert not (package / "orders").exists()
     assert not (project / "tests/orders").exists()
     assert not (project / "migrations/versions/2026-11-22_orders.py").exists()

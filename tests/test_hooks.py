@@ -27,6 +27,7 @@ INVALID = [
     ("owner_team", "back\\slash", "owner_team: must not contain"),
     ("oncall_channel", "#ops {{ x }}", "oncall_channel: must not contain"),
     ("package_name", "anyio", "package_name: 'anyio' shadows a dependency"),
+    ("package_name", "a" * 41, "package_name: '" + "a" * 41 + "' must be at most 40 characters"),
     ("project_name", "   ", "project_name: must not be empty"),
     ("project_slug", "Orders_Service", "project_slug: 'Orders_Service' must match ^[a-z][a-z0-9-]*$"),
     ("project_slug", "9lives", "project_slug: '9lives' must match"),

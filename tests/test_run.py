@@ -65,7 +65,10 @@ def test_make_run_serves_health_and_ready_on_a_real_port(baked: dict[str, Path])
         assert health.status_code == 200
         assert health.json() == {"status": "ok"}
         created = httpx.post(
-            f"http://127.0.0.1:{port}/v1/orders", json={"sku": "demo", "quantity": 1}, timeout=5
+            f"http://127.0.0.1:{port}/v1/orders",
+            json={"sku": "demo", "quantity": 1},
+            headers={"Idempotency-Key": "test-run-1"},
+            timeout=5,
         )
         assert created.status_code == 201, created.text
     finally:

@@ -16,12 +16,17 @@ from sqlalchemy.pool import NullPool
 
 from {{ cookiecutter.package_name }} import domains
 from {{ cookiecutter.package_name }}.db.base import Base
-from {{ cookiecutter.package_name }}.settings import load_settings, to_async_url
+
+# The platform's own model (idempotency records); domains are found by `domains.modules`.
+from {{ cookiecutter.package_name }}.platform import idempotency  # noqa: F401
+from {{ cookiecutter.package_name }}.settings import load_settings
+from {{ cookiecutter.package_name }}.settings import to_async_url
 
 LOCK_TIMEOUT = "5s"
 STATEMENT_TIMEOUT = "60s"
 
-# Every domain's models, so that autogenerate and `alembic check` see the whole schema.
+# Every model, the platform's and each domain's, so that autogenerate and `alembic check` see the
+# whole schema.
 domains.modules("models")
 target_metadata = Base.metadata
 

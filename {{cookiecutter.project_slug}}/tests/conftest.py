@@ -10,7 +10,9 @@ import asyncio
 import io
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
+from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +22,16 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from {{ cookiecutter.package_name }}.db import embedded, migrations
+from {{ cookiecutter.package_name }}.db import embedded
+from {{ cookiecutter.package_name }}.db import migrations
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.platform import logs
-from {{ cookiecutter.package_name }}.settings import Settings, to_async_url
+from {{ cookiecutter.package_name }}.settings import Settings
+from {{ cookiecutter.package_name }}.settings import to_async_url
 
 PROJECT = Path(__file__).resolve().parents[1]
 MIGRATIONS = PROJECT / "migrations"

@@ -10,7 +10,8 @@ import asyncio
 import json
 import socket
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 

@@ -1,7 +1,7 @@
 """orders: the example domain's table
 
-Revision ID: 0002_orders
-Revises: 0001_initial
+Revision ID: 0003_orders
+Revises: 0002_idempotency_keys
 Created: 2026-11-22
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0002_orders"
-down_revision: str | Sequence[str] | None = "0001_initial"
+revision: str = "0003_orders"
+down_revision: str | Sequence[str] | None = "0002_idempotency_keys"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

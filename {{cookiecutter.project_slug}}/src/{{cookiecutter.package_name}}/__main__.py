@@ -1,4 +1,4 @@
-"""`python -m {{ cookiecutter.package_name }} [serve [--migrate] | migrate]`: what the container runs.
+"""`python -m {{ cookiecutter.package_name }} [serve [--migrate] | migrate | purge-idempotency-keys]`.
 
 `serve` (the default) runs uvicorn on `HOST`:`PORT`; `migrate` upgrades the schema to head and exits
 (the deploy step; `make migrate`). Without `DATABASE_URL` both start the embedded PostgreSQL first,
@@ -8,6 +8,7 @@ for development; `serve --migrate` (what `make run` uses) also applies migration
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import sys
@@ -16,19 +17,27 @@ import structlog
 import uvicorn
 from pydantic import SecretStr
 
-from {{ cookiecutter.package_name }}.db import embedded, migrations
+from {{ cookiecutter.package_name }}.db import embedded
+from {{ cookiecutter.package_name }}.db import migrations
+from {{ cookiecutter.package_name }}.db.session import create_engine
+from {{ cookiecutter.package_name }}.platform import idempotency
 from {{ cookiecutter.package_name }}.platform import logs
-from {{ cookiecutter.package_name }}.settings import Settings, load_settings
+from {{ cookiecutter.package_name }}.settings import Settings
+from {{ cookiecutter.package_name }}.settings import load_settings
 
 log = structlog.get_logger("{{ cookiecutter.package_name }}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m {{ cookiecutter.package_name }}", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m {{ cookiecutter.package_name }}",
+        description=__doc__,
+    )
     commands = parser.add_subparsers(dest="command")
     serve = commands.add_parser("serve", help="serve HTTP (the default)")
     serve.add_argument("--migrate", action="store_true", help="upgrade the schema first (development)")
     commands.add_parser("migrate", help="upgrade the schema to head and exit")
+    commands.add_parser("purge-idempotency-keys", help="delete expired idempotency records and exit")
     args = parser.parse_args(argv)
 
     settings = load_settings()
@@ -45,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         migrations.upgrade(settings.migrations_dir, url.render_as_string(hide_password=False))
         log.info("migrations_applied", revision="head")
     if args.command == "migrate":
+        return 0
+    if args.command == "purge-idempotency-keys":
+        deleted = asyncio.run(_purge(settings))
+        log.info("idempotency_keys_purged", deleted=deleted)
         return 0
 
     # uvicorn drains on SIGTERM, then re-raises it; exiting through SystemExit (status 0) instead of
@@ -66,6 +79,16 @@ def main(argv: list[str] | None = None) -> int:
         server_header=False,
     )
     return 0
+
+
+async def _purge(settings: Settings) -> int:
+    url = settings.database_async_url()
+    assert url is not None
+    engine = create_engine(settings, url)
+    try:
+        return await idempotency.purge_expired(engine)
+    finally:
+        await engine.dispose()
 
 
 def _exit_cleanly(signum: int, _frame: object) -> None:

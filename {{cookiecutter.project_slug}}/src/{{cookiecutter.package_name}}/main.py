@@ -7,19 +7,30 @@ pooled connection), and closes both on shutdown.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter
+from fastapi import FastAPI
 
 from {{ cookiecutter.package_name }} import domains
 from {{ cookiecutter.package_name }}.db import migrations
-from {{ cookiecutter.package_name }}.db.session import create_engine, create_probe_engine, create_sessionmaker
-from {{ cookiecutter.package_name }}.platform import errors, health, http, logs, resilience, tracing
+from {{ cookiecutter.package_name }}.db.session import create_engine
+from {{ cookiecutter.package_name }}.db.session import create_probe_engine
+from {{ cookiecutter.package_name }}.db.session import create_sessionmaker
+from {{ cookiecutter.package_name }}.platform import errors
+from {{ cookiecutter.package_name }}.platform import health
+from {{ cookiecutter.package_name }}.platform import http
+from {{ cookiecutter.package_name }}.platform import idempotency
+from {{ cookiecutter.package_name }}.platform import logs
+from {{ cookiecutter.package_name }}.platform import resilience
+from {{ cookiecutter.package_name }}.platform import tracing
 from {{ cookiecutter.package_name }}.platform.metrics import Metrics
 from {{ cookiecutter.package_name }}.platform.middleware import RequestContextMiddleware
-from {{ cookiecutter.package_name }}.settings import Settings, load_settings
+from {{ cookiecutter.package_name }}.settings import Settings
+from {{ cookiecutter.package_name }}.settings import load_settings
 
 log = structlog.get_logger(__name__)
 
@@ -59,10 +70,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             known_revisions=migrations.known_revisions(settings.migrations_dir),
             timeout_s=settings.ready_timeout_s,
         )
+        purger = asyncio.create_task(
+            idempotency.purge_periodically(engine, settings.idempotency_purge_interval_s),
+            name="idempotency-purge",
+        )
         log.info("service_started", service=settings.service_name, environment=settings.environment)
         try:
             yield
         finally:
+            purger.cancel()
             app.state.readiness.shutting_down = True
             await client.aclose()
             await engine.dispose()
@@ -78,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = metrics
     app.state.tracer_provider = tracer_provider
     errors.install(app)
     app.include_router(health.router)

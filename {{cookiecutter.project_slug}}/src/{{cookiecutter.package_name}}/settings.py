@@ -10,15 +10,23 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
+from typing import Literal
 
-from pydantic import Field, HttpUrl, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy.engine import URL, make_url
+from pydantic import Field
+from pydantic import HttpUrl
+from pydantic import SecretStr
+from pydantic import ValidationError
+from pydantic import field_validator
+from pydantic import model_validator
+from pydantic_settings import BaseSettings
+from pydantic_settings import SettingsConfigDict
+from sqlalchemy.engine import URL
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
-PositiveSeconds = Annotated[float, Field(gt=0, le=3600)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=30 * 24 * 3600)]
 
 # The async driver the service speaks; a plain `postgresql://` URL is rewritten to it.
 ASYNC_DRIVER = "postgresql+asyncpg"
@@ -46,7 +54,9 @@ class Settings(BaseSettings):
     db_pool_timeout_s: PositiveSeconds = 2.0
     db_connect_timeout_s: PositiveSeconds = 3.0
     db_statement_timeout_s: PositiveSeconds = 5.0
-    db_idle_in_transaction_timeout_s: PositiveSeconds = 10.0
+    # Longer than the request deadline: an idempotent request holds its transaction (and the key's
+    # lock) while it calls upstreams, and must not be cut off for being idle in it.
+    db_idle_in_transaction_timeout_s: PositiveSeconds = 15.0
     db_lock_timeout_s: PositiveSeconds = 2.0
     ready_timeout_s: PositiveSeconds = 1.0
 
@@ -67,6 +77,10 @@ class Settings(BaseSettings):
     breaker_fail_max: int = Field(default=5, ge=1, le=1000)
     breaker_reset_timeout_s: PositiveSeconds = 30.0
     breaker_half_open_probes: int = Field(default=1, ge=1, le=100)
+
+    # How long a stored idempotent response is replayed; how often expired ones are purged.
+    idempotency_retention_s: PositiveSeconds = Field(default=24 * 3600, le=30 * 24 * 3600)
+    idempotency_purge_interval_s: PositiveSeconds = 300.0
 
     # The example domain's upstream; unset skips the stock check (so `make demo` needs nothing else).
     inventory_url: HttpUrl | None = None
@@ -104,6 +118,8 @@ class Settings(BaseSettings):
     def _waits_fit_the_deadline(self) -> Settings:
         if self.db_pool_timeout_s >= self.request_timeout_s:
             raise ValueError("DB_POOL_TIMEOUT_S must be shorter than REQUEST_TIMEOUT_S")
+        if self.db_idle_in_transaction_timeout_s <= self.request_timeout_s:
+            raise ValueError("DB_IDLE_IN_TRANSACTION_TIMEOUT_S must be longer than REQUEST_TIMEOUT_S")
         return self
 
     def database_async_url(self) -> URL | None:

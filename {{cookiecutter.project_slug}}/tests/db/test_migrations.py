@@ -14,7 +14,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from {{ cookiecutter.package_name }}.db import migrations
 
-from tests.conftest import MIGRATIONS, TEST_DATABASE, recreate
+from tests.conftest import MIGRATIONS
+from tests.conftest import TEST_DATABASE
+from tests.conftest import recreate
 
 SCRATCH = f"{TEST_DATABASE}_migrations"
 

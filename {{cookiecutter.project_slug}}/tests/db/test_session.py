@@ -49,7 +49,7 @@ async def test_every_connection_carries_the_database_timeouts(
     assert shown == {
         "statement_timeout": "5s",
         "lock_timeout": "2s",
-        "idle_in_transaction_session_timeout": "10s",
+        "idle_in_transaction_session_timeout": "15s",
     }
 
 

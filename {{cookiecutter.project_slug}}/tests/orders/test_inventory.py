@@ -12,7 +12,8 @@ from sqlalchemy.engine import URL
 from {{ cookiecutter.package_name }}.main import create_app
 
 from tests.conftest import make_settings
-from tests.upstream import Reply, ScriptedUpstream
+from tests.upstream import Reply
+from tests.upstream import ScriptedUpstream
 
 
 @pytest.fixture

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
+from pydantic import ConfigDict
+from pydantic import Field
 from sqlalchemy import text
 
 from {{ cookiecutter.package_name }}.db.session import SessionDep
@@ -14,7 +17,9 @@ from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.platform.errors import Conflict
 
 from tests.conftest import make_settings
-from tests.upstream import Reply, ScriptedUpstream, closed_port
+from tests.upstream import Reply
+from tests.upstream import ScriptedUpstream
+from tests.upstream import closed_port
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "request_id"}
 

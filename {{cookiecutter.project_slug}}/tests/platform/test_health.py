@@ -12,8 +12,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from {{ cookiecutter.package_name }}.db.session import SessionDep
 from {{ cookiecutter.package_name }}.main import create_app
 
-from tests.conftest import TEST_DATABASE, make_settings, recreate
-from tests.upstream import Reply, ScriptedUpstream
+from tests.conftest import TEST_DATABASE
+from tests.conftest import make_settings
+from tests.conftest import recreate
+from tests.upstream import Reply
+from tests.upstream import ScriptedUpstream
 
 AHEAD = f"{TEST_DATABASE}_ahead"
 

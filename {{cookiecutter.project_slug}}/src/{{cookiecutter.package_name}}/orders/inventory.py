@@ -10,11 +10,14 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import Depends, Request
-from pydantic import BaseModel, ValidationError
+from fastapi import Depends
+from fastapi import Request
+from pydantic import BaseModel
+from pydantic import ValidationError
 
 from {{ cookiecutter.package_name }}.platform.errors import Conflict
-from {{ cookiecutter.package_name }}.platform.resilience import Upstream, UpstreamUnavailable
+from {{ cookiecutter.package_name }}.platform.resilience import Upstream
+from {{ cookiecutter.package_name }}.platform.resilience import UpstreamUnavailable
 
 
 class Stock(BaseModel):

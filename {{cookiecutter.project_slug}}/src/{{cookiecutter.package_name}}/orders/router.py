@@ -3,16 +3,26 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated
+from typing import Any
 
 import structlog
-from fastapi import APIRouter, FastAPI, Query, Response, status
+from fastapi import APIRouter
+from fastapi import FastAPI
+from fastapi import Query
+from fastapi import Response
+from fastapi import status
 
 from {{ cookiecutter.package_name }}.db.session import SessionDep
 from {{ cookiecutter.package_name }}.orders import service
-from {{ cookiecutter.package_name }}.orders.inventory import Inventory, InventoryDep
-from {{ cookiecutter.package_name }}.orders.schemas import OrderCreate, OrderPage, OrderRead
+from {{ cookiecutter.package_name }}.orders.inventory import Inventory
+from {{ cookiecutter.package_name }}.orders.inventory import InventoryDep
+from {{ cookiecutter.package_name }}.orders.schemas import OrderCreate
+from {{ cookiecutter.package_name }}.orders.schemas import OrderPage
+from {{ cookiecutter.package_name }}.orders.schemas import OrderRead
 from {{ cookiecutter.package_name }}.platform.errors import PROBLEM_RESPONSES
+from {{ cookiecutter.package_name }}.platform.idempotency import IdempotentRoute
+from {{ cookiecutter.package_name }}.platform.idempotency import RequireIdempotencyKey
 from {{ cookiecutter.package_name }}.settings import Settings
 
 MAX_PAGE_SIZE = 100
@@ -32,19 +42,26 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
 
 
-router = APIRouter(prefix="/v1/orders", tags=["orders"], lifespan=lifespan)
+# IdempotentRoute stores the answers of routes that require an Idempotency-Key.
+router = APIRouter(prefix="/v1/orders", tags=["orders"], lifespan=lifespan, route_class=IdempotentRoute)
 
 
 def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {code: PROBLEM_RESPONSES[code] for code in statuses}
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=_problems(400, 409, 422, 503, 504))
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[RequireIdempotencyKey],
+    responses=_problems(400, 409, 422, 503, 504),
+)
 async def create_order(
     data: OrderCreate, session: SessionDep, inventory: InventoryDep, response: Response
 ) -> OrderRead:
     """Create an order once the inventory service confirms the stock (409 `insufficient-stock`
-    otherwise; 503 or 504 when it cannot be asked)."""
+    otherwise; 503 or 504 when it cannot be asked). Requires an `Idempotency-Key`: a retry with the
+    same key never creates a second order."""
     order = await service.create(session=session, inventory=inventory, data=data)
     response.headers["Location"] = f"{router.prefix}/{order.id}"
     return OrderRead.model_validate(order)

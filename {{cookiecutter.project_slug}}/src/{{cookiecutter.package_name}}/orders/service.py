@@ -5,17 +5,20 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC
+from datetime import datetime
 
 import orjson
 import structlog
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
+from sqlalchemy import tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from {{ cookiecutter.package_name }}.orders.inventory import Inventory
 from {{ cookiecutter.package_name }}.orders.models import Order
 from {{ cookiecutter.package_name }}.orders.schemas import OrderCreate
-from {{ cookiecutter.package_name }}.platform.errors import BadRequest, NotFound
+from {{ cookiecutter.package_name }}.platform.errors import BadRequest
+from {{ cookiecutter.package_name }}.platform.errors import NotFound
 
 log = structlog.get_logger(__name__)
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from typing import IO, Any
+from typing import IO
+from typing import Any
 
 import orjson
 import structlog
 from opentelemetry import trace
-from structlog.typing import EventDict, Processor, WrappedLogger
+from structlog.typing import EventDict
+from structlog.typing import Processor
+from structlog.typing import WrappedLogger
 
 
 def add_trace_context(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:

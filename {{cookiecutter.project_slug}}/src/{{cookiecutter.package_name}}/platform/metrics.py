@@ -2,7 +2,8 @@
 
 Standard: Observability / Metrics. Request count and latency by method, route template and status
 (recorded by `middleware.RequestContextMiddleware`); outbound calls, retries and circuit breaker
-state per upstream (recorded by `resilience`); database pool gauges read at scrape time.
+state per upstream (recorded by `resilience`); idempotency outcomes (`idempotency`); database pool
+gauges read at scrape time.
 Each app has its own registry, so two apps in one process (tests) never share counters.
 Metric names follow Prometheus conventions; the runbook and the alert rules use them as written here.
 """
@@ -11,15 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry
+from prometheus_client import Counter
+from prometheus_client import Gauge
+from prometheus_client import Histogram
+from prometheus_client import generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
@@ -70,6 +70,12 @@ class Metrics:
             "upstream_retries_denied",
             "Retries not made, by why: circuit_open, deadline, budget.",
             ["upstream", "why"],
+            registry=self.registry,
+        )
+        self.idempotency = Counter(
+            "idempotency_outcomes",
+            "Requests with an Idempotency-Key, by outcome: stored, replay, conflict (in flight), mismatch.",
+            ["outcome"],
             registry=self.registry,
         )
         self.breaker_state = Gauge(

@@ -22,12 +22,21 @@ from uuid import uuid4
 
 import structlog
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
-from starlette.datastructures import Headers, MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from opentelemetry import propagate
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Status
+from opentelemetry.trace import StatusCode
+from starlette.datastructures import Headers
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp
+from starlette.types import Message
+from starlette.types import Receive
+from starlette.types import Scope
+from starlette.types import Send
 
-from {{ cookiecutter.package_name }}.platform import deadline, errors
+from {{ cookiecutter.package_name }}.platform import deadline
+from {{ cookiecutter.package_name }}.platform import errors
 from {{ cookiecutter.package_name }}.platform.metrics import Metrics
 
 REQUEST_ID_HEADER = "x-request-id"

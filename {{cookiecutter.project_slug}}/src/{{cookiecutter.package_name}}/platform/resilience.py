@@ -25,8 +25,11 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Mapping
+from datetime import UTC
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -34,15 +37,15 @@ import httpx
 import pybreaker
 import structlog
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_any,
-    wait_random_exponential,
-)
+from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Status
+from opentelemetry.trace import StatusCode
+from tenacity import AsyncRetrying
+from tenacity import RetryCallState
+from tenacity import retry_if_exception
+from tenacity import stop_after_attempt
+from tenacity import stop_any
+from tenacity import wait_random_exponential
 from tenacity.stop import stop_base
 
 from {{ cookiecutter.package_name }}.platform import deadline

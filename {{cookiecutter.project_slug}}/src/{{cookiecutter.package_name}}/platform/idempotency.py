@@ -1,0 +1,278 @@
+"""`Idempotency-Key` on unsafe requests: a retried POST takes effect once, and gets the first answer.
+
+Standard: Reliability / Idempotency (IETF httpapi draft "The Idempotency-Key HTTP Header Field",
+Stripe's documented behaviour). Tuned by `IDEMPOTENCY_RETENTION_S` (default 24 h) and
+`IDEMPOTENCY_PURGE_INTERVAL_S`.
+
+A route opts in with one declaration, `dependencies=[RequireIdempotencyKey]`, on a router whose
+`route_class` is `IdempotentRoute`. Then, inside the request's one transaction (`SessionDep`):
+
+1. The key is read (a bare token or an RFC 8941 quoted string; 1-255 safe characters; missing or
+   malformed: 400) and scoped by principal, method and route template.
+2. A PostgreSQL advisory lock on that scope is taken without waiting: held by another request, the
+   key is in flight, 409 with `Retry-After`. The lock lives in the database, so it holds across
+   processes and replicas; it is released when the transaction ends, whatever ends it.
+3. A stored response for the key (not expired) is replayed byte for byte, status, body and the
+   stored headers, with `Idempotent-Replayed: true`; if the request's fingerprint (SHA-256 of method,
+   path, query and canonical JSON body) differs, 422.
+4. Otherwise the handler runs, and the response it returns is stored in the same transaction as
+   its effect: both commit, or neither.
+
+What is stored: every response the handler returns with a status below 500. Not stored: validation
+failures before the handler, errors the handler raises (problem+json 4xx) and every 5xx or crash:
+the transaction rolls back with them, so no record blocks a retry and the retry runs the handler
+again, which is safe since the failed attempt had no effect. (Stripe also stores raised 4xx; not
+storing them keeps one transaction per request, and a retry may then succeed once the cause, e.g.
+missing stock, is gone.)
+
+Records expire after the retention; `purge_expired` deletes them in small batches (a periodic task
+of the app, and `python -m <package> purge-idempotency-keys`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Callable
+from collections.abc import Coroutine
+from datetime import UTC
+from datetime import datetime
+from datetime import timedelta
+from typing import Annotated
+from typing import Any
+
+import orjson
+import structlog
+from fastapi import Depends
+from fastapi import Header
+from fastapi import Request
+from fastapi import Response
+from fastapi.routing import APIRoute
+from sqlalchemy import DateTime
+from sqlalchemy import Index
+from sqlalchemy import Integer
+from sqlalchemy import LargeBinary
+from sqlalchemy import String
+from sqlalchemy import func
+from sqlalchemy import select
+from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+
+from {{ cookiecutter.package_name }}.db.base import Base
+from {{ cookiecutter.package_name }}.db.session import SessionDep
+from {{ cookiecutter.package_name }}.platform.errors import BadRequest
+from {{ cookiecutter.package_name }}.platform.errors import Conflict
+from {{ cookiecutter.package_name }}.platform.errors import ServiceError
+from {{ cookiecutter.package_name }}.platform.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+KEY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+# Characters a key may have: what UUIDs, ULIDs and base64url tokens use, nothing that needs quoting.
+_SAFE_KEY = re.compile(r"[A-Za-z0-9._:~+/=-]{1,255}")
+# Headers a replay gives back: what describes the stored body and the created resource.
+STORED_HEADERS = ("content-type", "location", "etag", "content-language")
+PURGE_BATCH = 1000
+ANONYMOUS = "-"
+
+
+class IdempotencyRecord(Base):
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_keys_expires_at", "expires_at"),)
+
+    principal: Mapped[str] = mapped_column(String(255), primary_key=True)
+    method: Mapped[str] = mapped_column(String(16), primary_key=True)
+    route: Mapped[str] = mapped_column(String(255), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    headers: Mapped[dict[str, str]] = mapped_column(JSONB)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class KeyInFlight(Conflict):
+    slug = "idempotency-key-in-use"
+
+
+class KeyReused(ServiceError):
+    status, slug = 422, "idempotency-key-reused"
+
+
+class _Replay(Exception):
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+class _Claim:
+    """This request holds the key: what to store once the handler has answered."""
+
+    def __init__(
+        self, session: AsyncSession, identity: dict[str, str], fingerprint: str, expires_at: datetime
+    ):
+        self.session = session
+        self.identity = identity
+        self.fingerprint = fingerprint
+        self.expires_at = expires_at
+
+    async def store(self, response: Response) -> None:
+        headers = {name: response.headers[name] for name in STORED_HEADERS if name in response.headers}
+        values = {
+            **self.identity,
+            "fingerprint": self.fingerprint,
+            "status_code": response.status_code,
+            "headers": headers,
+            "body": bytes(response.body),
+            "expires_at": self.expires_at,
+        }
+        statement = insert(IdempotencyRecord).values(values)
+        # An expired record of the same key may still be there: this request replaces it.
+        statement = statement.on_conflict_do_update(
+            index_elements=["principal", "method", "route", "key"],
+            set_={name: statement.excluded[name] for name in values if name not in self.identity},
+        )
+        await self.session.execute(statement)
+
+
+def parse_key(raw: str | None) -> str:
+    """The key from the header: a bare token or an RFC 8941 sf-string (`"..."`)."""
+    if raw is None:
+        raise BadRequest(f"This request needs an {KEY_HEADER} header.", slug="idempotency-key-missing")
+    key = raw.strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    if not _SAFE_KEY.fullmatch(key):
+        raise BadRequest(
+            f"{KEY_HEADER} must be 1 to 255 characters from A-Z a-z 0-9 . _ : ~ + / = -",
+            slug="idempotency-key-invalid",
+        )
+    return key
+
+
+def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
+    """SHA-256 of the request's meaning: JSON bodies are canonical, so whitespace and key order
+    do not make a retry look different."""
+    try:
+        canonical = orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS) if body else b""
+    except orjson.JSONDecodeError:
+        canonical = body
+    digest = hashlib.sha256()
+    for part in (method.encode(), path.encode(), "&".join(sorted(query.split("&"))).encode(), canonical):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+async def _require_key(
+    request: Request,
+    session: SessionDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias=KEY_HEADER,
+            description=(
+                "Required. A unique value per operation (a UUID is ideal). A retry with the same key "
+                "and the same request returns the first response with `Idempotent-Replayed: true`; "
+                "with a different request, 422; while the first is in flight, 409. Responses are "
+                "kept for IDEMPOTENCY_RETENTION_S (24 hours by default)."
+            ),
+            examples=["8e03978e-40d5-43e8-bc93-6894a57f9324"],
+        ),
+    ] = None,
+) -> None:
+    route = request.scope.get("route")
+    if not isinstance(route, IdempotentRoute):
+        raise TypeError(f"{request.url.path}: RequireIdempotencyKey needs route_class=IdempotentRoute")
+    key = parse_key(idempotency_key)
+    metrics: Metrics = request.app.state.metrics
+    principal = getattr(request.state, "principal", None) or ANONYMOUS
+    identity = {"principal": principal, "method": request.method, "route": route.path, "key": key}
+    request_fingerprint = fingerprint(
+        request.method, request.url.path, request.url.query, await request.body()
+    )
+
+    lock_name = "\x1f".join(identity.values())
+    locked = await session.scalar(select(func.pg_try_advisory_xact_lock(func.hashtextextended(lock_name, 0))))
+    if not locked:
+        metrics.idempotency.labels("conflict").inc()
+        log.info("idempotency_conflict", route=route.path, method=request.method)
+        raise KeyInFlight(
+            "A request with this Idempotency-Key is still in progress; retry later.",
+            headers={"Retry-After": "1"},
+        )
+    # A new statement, so a new snapshot: it sees what the lock's previous holder committed.
+    record = await session.get(IdempotencyRecord, tuple(identity.values()))
+    now = datetime.now(UTC)
+    if record is not None and record.expires_at > now:
+        if record.fingerprint != request_fingerprint:
+            metrics.idempotency.labels("mismatch").inc()
+            log.info("idempotency_mismatch", route=route.path, method=request.method)
+            raise KeyReused("This Idempotency-Key was used with a different request.")
+        metrics.idempotency.labels("replay").inc()
+        log.info("idempotent_replay", route=route.path, method=request.method, status=record.status_code)
+        replay = Response(content=record.body, status_code=record.status_code, headers=record.headers)
+        replay.headers[REPLAYED_HEADER] = "true"
+        raise _Replay(replay)
+    retention = timedelta(seconds=request.app.state.settings.idempotency_retention_s)
+    request.state.idempotency_claim = _Claim(session, identity, request_fingerprint, now + retention)
+
+
+RequireIdempotencyKey = Depends(_require_key, scope="function")
+
+
+class IdempotentRoute(APIRoute):
+    """Stores what an idempotent route answers, inside the request's transaction (before the
+    commit that `SessionDep` makes once the response exists). Inert on routes without the key."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def handle_idempotently(request: Request) -> Response:
+            try:
+                response = await handle(request)
+            except _Replay as replay:
+                return replay.response
+            claim: _Claim | None = getattr(request.state, "idempotency_claim", None)
+            if claim is not None and response.status_code < 500:
+                await claim.store(response)
+                request.app.state.metrics.idempotency.labels("stored").inc()
+            return response
+
+        return handle_idempotently
+
+
+async def purge_expired(engine: AsyncEngine, *, batch: int = PURGE_BATCH) -> int:
+    """Delete expired records, `batch` rows per short transaction; SKIP LOCKED, so replicas
+    purging at once neither wait for each other nor for requests. Returns the rows deleted."""
+    deleted = 0
+    statement = text(
+        "DELETE FROM idempotency_keys WHERE ctid IN ("
+        " SELECT ctid FROM idempotency_keys WHERE expires_at < now() LIMIT :batch FOR UPDATE SKIP LOCKED)"
+    )
+    while True:
+        async with engine.begin() as connection:
+            count = (await connection.execute(statement, {"batch": batch})).rowcount
+        deleted += count
+        if count < batch:
+            return deleted
+
+
+async def purge_periodically(engine: AsyncEngine, interval_s: float) -> None:
+    """The app's purge task: runs until cancelled; a failed round is logged and retried later."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            deleted = await purge_expired(engine)
+        except Exception:  # the database may be down; the next round tries again
+            log.warning("idempotency_purge_failed", exc_info=True)
+        else:
+            if deleted:
+                log.info("idempotency_keys_purged", deleted=deleted)
