@@ -74,7 +74,9 @@ class RequestContextMiddleware:
         request_id = headers.get(REQUEST_ID_HEADER, "")
         if not _SAFE_REQUEST_ID.fullmatch(request_id):
             request_id = uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        # A copy: `request.state` must be this request's alone. uvicorn copies the lifespan state per
+        # request, but not every server (or test transport) does.
+        scope["state"] = {**scope.get("state", {}), "request_id": request_id}
         method: str = scope["method"]
         path: str = scope["path"]
 

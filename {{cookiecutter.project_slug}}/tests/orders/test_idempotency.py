@@ -1,0 +1,112 @@
+"""POST /v1/orders with an Idempotency-Key: one order, however many retries, in one process or many."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from {{ cookiecutter.package_name }}.main import create_app
+
+from tests.conftest import MIGRATIONS
+from tests.conftest import PROJECT
+from tests.conftest import make_settings
+from tests.upstream import closed_port
+
+ORDER = {"sku": "SKU-1", "quantity": 1}
+
+
+async def _count_and_clean(database_url: URL) -> int:
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            count = int(await connection.scalar(text("SELECT count(*) FROM orders")) or 0)
+            await connection.execute(text("TRUNCATE orders, idempotency_keys"))
+        return count
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def committed(database_url: URL) -> AsyncIterator[URL]:
+    """The test database for tests that commit; emptied before and after."""
+    await _count_and_clean(database_url)
+    yield database_url
+    await _count_and_clean(database_url)
+
+
+async def test_fifty_concurrent_retries_in_process_create_one_order(committed: URL) -> None:
+    app = create_app(make_settings(committed))
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            responses = await asyncio.gather(
+                *(
+                    client.post("/v1/orders", json=ORDER, headers={"Idempotency-Key": "storm"})
+                    for _ in range(50)
+                )
+            )
+    assert await _count_and_clean(committed) == 1
+    assert {response.status_code for response in responses} <= {201, 409}
+    created = {response.json()["id"] for response in responses if response.status_code == 201}
+    assert len(created) == 1
+
+
+@pytest.fixture
+def server(committed: URL) -> Iterator[str]:
+    """The service as a real process with three workers, on a free port."""
+    port = closed_port()
+    env = os.environ | {
+        "DATABASE_URL": committed.render_as_string(hide_password=False),
+        "PORT": str(port),
+        "WORKERS": "3",
+        "MIGRATIONS_DIR": str(MIGRATIONS),
+        "LOG_LEVEL": "WARNING",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve"],
+        cwd=PROJECT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the server did not become ready")
+        yield base
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+async def test_fifty_concurrent_retries_across_worker_processes_create_one_order(
+    server: str, committed: URL
+) -> None:
+    async with httpx.AsyncClient(base_url=server, timeout=10) as client:
+        responses = await asyncio.gather(
+            *(client.post("/v1/orders", json=ORDER, headers={"Idempotency-Key": "storm"}) for _ in range(50))
+        )
+    statuses = [response.status_code for response in responses]
+    assert await _count_and_clean(committed) == 1
+    assert set(statuses) <= {201, 409}
+    assert len({response.json()["id"] for response in responses if response.status_code == 201}) == 1
