@@ -16,6 +16,7 @@ OPTIONAL_FILES: dict[str, tuple[str, ...]] = {
         "src/{package}/orders",
         "tests/orders",
         "migrations/versions/2026-11-22_orders.py",
+        "migrations/versions/2026-11-22_orders_updated_at.py",
     ),
 }
 

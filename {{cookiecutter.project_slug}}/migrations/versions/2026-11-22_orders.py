@@ -20,13 +20,14 @@ def upgrade() -> None:
     op.create_table(
         "orders",
         sa.Column("id", sa.Uuid(), nullable=False),
-        sa.Column("sku", sa.String(length=64), nullable=False),
-        sa.Column("quantity", sa.Integer(), nullable=False),
-        sa.Column("status", sa.String(length=16), server_default="created", nullable=False),
+        sa.Column("sku", sa.Text(), nullable=False),
+        sa.Column("quantity", sa.BigInteger(), nullable=False),
+        sa.Column("status", sa.Text(), server_default="created", nullable=False),
         sa.Column(
             "created_at", sa.DateTime(timezone=True), server_default=sa.func.clock_timestamp(), nullable=False
         ),
         sa.CheckConstraint("quantity >= 1", name=op.f("ck_orders_quantity_positive")),
+        sa.CheckConstraint("char_length(sku) BETWEEN 1 AND 64", name=op.f("ck_orders_sku_length")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_orders")),
     )
     # A new, empty table: a plain CREATE INDEX takes no lock anyone is waiting for.

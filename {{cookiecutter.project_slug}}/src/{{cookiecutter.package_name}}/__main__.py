@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     url = settings.database_async_url()
     assert url is not None
     if args.command == "migrate" or getattr(args, "migrate", False):
-        migrations.upgrade(settings.migrations_dir, url.render_as_string(hide_password=False))
+        migrations.upgrade(
+            settings.migrations_dir, url.render_as_string(hide_password=False), settings=settings
+        )
         log.info("migrations_applied", revision="head")
     if args.command == "migrate":
         return 0

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     embedded_db_dir: Path = Path(".data/postgres")
     migrations_dir: Path = Path("migrations")
 
+    # Migrations (migrations/env.py): how long a DDL statement may wait for a lock before it gives
+    # up (the requests behind it wait as long), how often the run is retried, the statement cap.
+    migration_lock_timeout_s: float = Field(default=5.0, gt=0, le=5.0)
+    migration_lock_retries: int = Field(default=3, ge=0, le=10)
+    migration_statement_timeout_s: PositiveSeconds = 600.0
+
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_max_overflow: int = Field(default=5, ge=0, le=200)
     db_pool_timeout_s: PositiveSeconds = 2.0

@@ -12,13 +12,17 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
+from {{ cookiecutter.package_name }}.settings import Settings
 
-def alembic_config(migrations_dir: Path, url: str | None = None) -> Config:
+
+def alembic_config(migrations_dir: Path, url: str | None = None, settings: Settings | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(migrations_dir))
     if url is not None:
         # Passed as an attribute, not an option: options are interpolated and may be logged.
         config.attributes["url"] = url
+    if settings is not None:
+        config.attributes["settings"] = settings
     return config
 
 
@@ -35,5 +39,5 @@ def known_revisions(migrations_dir: Path) -> frozenset[str]:
     return frozenset(revision.revision for revision in script.walk_revisions())
 
 
-def upgrade(migrations_dir: Path, url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(migrations_dir, url), revision)
+def upgrade(migrations_dir: Path, url: str, revision: str = "head", settings: Settings | None = None) -> None:
+    command.upgrade(alembic_config(migrations_dir, url, settings), revision)

@@ -49,11 +49,11 @@ from fastapi import Header
 from fastapi import Request
 from fastapi import Response
 from fastapi.routing import APIRoute
+from sqlalchemy import BigInteger
 from sqlalchemy import DateTime
 from sqlalchemy import Index
-from sqlalchemy import Integer
 from sqlalchemy import LargeBinary
-from sqlalchemy import String
+from sqlalchemy import Text
 from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy import text
@@ -87,12 +87,12 @@ class IdempotencyRecord(Base):
     __tablename__ = "idempotency_keys"
     __table_args__ = (Index("ix_idempotency_keys_expires_at", "expires_at"),)
 
-    principal: Mapped[str] = mapped_column(String(255), primary_key=True)
-    method: Mapped[str] = mapped_column(String(16), primary_key=True)
-    route: Mapped[str] = mapped_column(String(255), primary_key=True)
-    key: Mapped[str] = mapped_column(String(255), primary_key=True)
-    fingerprint: Mapped[str] = mapped_column(String(64))
-    status_code: Mapped[int] = mapped_column(Integer)
+    principal: Mapped[str] = mapped_column(Text, primary_key=True)
+    method: Mapped[str] = mapped_column(Text, primary_key=True)
+    route: Mapped[str] = mapped_column(Text, primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(Text)
+    status_code: Mapped[int] = mapped_column(BigInteger)
     headers: Mapped[dict[str, str]] = mapped_column(JSONB)
     body: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
