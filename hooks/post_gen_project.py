@@ -17,6 +17,7 @@ OPTIONAL_FILES: dict[str, tuple[str, ...]] = {
         "tests/orders",
         "migrations/versions/2026-11-22_orders.py",
         "migrations/versions/2026-11-22_orders_updated_at.py",
+        "scripts/bench_migration.py",
     ),
 }
 

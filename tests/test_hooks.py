@@ -95,6 +95,7 @@ def test_turning_the_example_domain_off_removes_its_files() -> None:
         "tests/orders",
         "migrations/versions/2026-11-22_orders.py",
         "migrations/versions/2026-11-22_orders_updated_at.py",
+        "scripts/bench_migration.py",
     ]
 
 

@@ -4,8 +4,10 @@ Revision ID: ${up_revision}
 Revises: ${down_revision | comma,n}
 Created: ${create_date}
 
-Zero-downtime checklist: expand first (nullable columns, new tables, indexes CONCURRENTLY), contract
-in a later release, once no running version reads what is dropped.
+Zero-downtime checklist (docs/migrations.md): expand first, with the helpers of
+db/zero_downtime.py (nullable columns, defaults set afterwards, batched backfills, NOT NULL and
+foreign keys through NOT VALID + VALIDATE, indexes CONCURRENTLY); contract in a later release,
+once no running version reads what is dropped. `make lint` runs squawk on this revision's SQL.
 """
 
 from collections.abc import Sequence

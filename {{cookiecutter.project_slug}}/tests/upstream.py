@@ -67,6 +67,8 @@ class ScriptedUpstream:
         self._handlers.add(task)
         try:
             request_line = (await reader.readline()).decode().split()
+            if len(request_line) < 2:
+                return  # the client connected and closed without a request
             headers: dict[str, str] = {}
             while (line := (await reader.readline()).decode().strip()) != "":
                 name, _, value = line.partition(":")

@@ -78,8 +78,26 @@ def sleeps() -> Sleeps:
     return Sleeps()
 
 
+class Clock:
+    """The breaker's clock, moved by the test instead of by waiting."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
 @pytest.fixture
-def make_upstream(client: httpx.AsyncClient, sleeps: Sleeps) -> MakeUpstream:
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def make_upstream(client: httpx.AsyncClient, sleeps: Sleeps, clock: Clock) -> MakeUpstream:
     def make(url: str, tracer: trace.Tracer | None = None, **overrides: Any) -> Upstream:
         settings = Settings(**(FAST | overrides))  # type: ignore[arg-type]
         return Upstream(
@@ -90,6 +108,7 @@ def make_upstream(client: httpx.AsyncClient, sleeps: Sleeps) -> MakeUpstream:
             metrics=Metrics(),
             tracer=tracer or trace.NoOpTracer(),
             sleep=sleeps,
+            clock=clock,
         )
 
     return make
@@ -161,7 +180,9 @@ async def test_an_unsafe_call_is_retried_only_with_an_idempotency_key(make_upstr
     assert len(server.received) == 3
 
 
-async def test_the_breaker_opens_fails_fast_and_a_probe_closes_it(make_upstream: MakeUpstream) -> None:
+async def test_the_breaker_opens_fails_fast_and_a_probe_closes_it(
+    make_upstream: MakeUpstream, clock: Clock
+) -> None:
     async with ScriptedUpstream(default=Reply(500)) as server:
         upstream = make_upstream(server.url, http_retry_attempts=1)
         for _ in range(5):
@@ -178,7 +199,10 @@ async def test_the_breaker_opens_fails_fast_and_a_probe_closes_it(make_upstream:
         assert len(server.received) == reached  # the upstream never saw it
         assert raised.value.headers["Retry-After"] == "1"  # 0.2 s left, rounded up to whole seconds
 
-        await asyncio.sleep(0.25)
+        clock.advance(0.1)
+        with pytest.raises(CircuitOpen):  # still open: the reset timeout has not passed
+            await upstream.request("GET", "/stock/a")
+        clock.advance(0.15)
         server.default = OK
         assert (await upstream.request("GET", "/stock/a")).status_code == 200
         assert upstream.breaker.state == "closed"
@@ -187,13 +211,13 @@ async def test_the_breaker_opens_fails_fast_and_a_probe_closes_it(make_upstream:
 
 
 async def test_a_failed_probe_reopens_and_half_open_admits_a_bounded_number(
-    make_upstream: MakeUpstream,
+    make_upstream: MakeUpstream, clock: Clock
 ) -> None:
     async with ScriptedUpstream(default=Reply(500)) as server:
         upstream = make_upstream(server.url, http_retry_attempts=1, breaker_fail_max=1)
         with pytest.raises(UpstreamUnavailable):
             await upstream.request("GET", "/stock/a")
-        await asyncio.sleep(0.25)
+        clock.advance(0.25)
 
         server.default = Reply(200, {"ok": True}, delay_s=0.1)
         probe = asyncio.create_task(upstream.request("GET", "/stock/a"))
@@ -207,10 +231,12 @@ async def test_a_failed_probe_reopens_and_half_open_admits_a_bounded_number(
         server.default = Reply(500)
         with pytest.raises(UpstreamUnavailable):
             await upstream.request("GET", "/stock/a")
-        await asyncio.sleep(0.25)
+        clock.advance(0.25)
         with pytest.raises(UpstreamUnavailable):
             await upstream.request("GET", "/stock/a")  # the probe fails
         assert upstream.breaker.state == "open"
+        with pytest.raises(CircuitOpen):  # and the circuit is open for a full reset timeout again
+            await upstream.request("GET", "/stock/a")
 
 
 async def test_a_cancelled_call_does_not_count(make_upstream: MakeUpstream) -> None:
@@ -253,7 +279,7 @@ async def test_waits_are_random_and_bounded_by_the_cap(make_upstream: MakeUpstre
     assert all(0 <= wait <= FAST["http_retry_max_wait_s"] for wait in first + other)
 
 
-async def test_retry_after_is_honoured_in_both_forms_and_capped(
+async def test_retry_after_is_honoured_in_both_forms_and_a_longer_one_is_passed_on(
     make_upstream: MakeUpstream, sleeps: Sleeps
 ) -> None:
     in_a_second = format_datetime(datetime.now(UTC) + timedelta(seconds=1), usegmt=True)
@@ -262,14 +288,49 @@ async def test_retry_after_is_honoured_in_both_forms_and_capped(
         Reply(429, headers={"retry-after": in_a_second}),
         OK,
         Reply(503, headers={"retry-after": "120"}),
-        OK,
     ) as server:
         upstream = make_upstream(server.url, http_retry_max_wait_s=1.5, http_retry_attempts=3)
         await upstream.request("GET", "/stock/a")
-        await upstream.request("GET", "/stock/a")
-    assert sleeps.waits[0] == 0
-    assert 0 < sleeps.waits[1] <= 1.0
-    assert sleeps.waits[2] == 1.5  # 120 s asked, capped
+        assert sleeps.waits[0] == 0
+        assert 0 < sleeps.waits[1] <= 1.0
+        with pytest.raises(UpstreamUnavailable) as raised:
+            await upstream.request("GET", "/stock/a")
+    # 120 s is more than the cap: no early retry, and the caller learns when to come back.
+    assert len(sleeps.waits) == 2
+    assert len(server.received) == 4
+    assert raised.value.headers["Retry-After"] == "120"
+
+
+async def test_a_timeout_our_deadline_caused_does_not_count_against_the_upstream(
+    make_upstream: MakeUpstream,
+) -> None:
+    async with ScriptedUpstream(default=Reply(200, {"ok": True}, delay_s=0.3)) as server:
+        upstream = make_upstream(server.url, breaker_fail_max=1, http_read_timeout_s=1.0)
+        for _ in range(3):
+            with deadline.scope(0.05), pytest.raises(UpstreamTimeout):
+                await upstream.request("GET", "/stock/a")
+        assert upstream.breaker.state == "closed"
+        # With its full budget, the same (healthy) upstream answers.
+        assert (await upstream.request("GET", "/stock/a")).status_code == 200
+
+
+async def test_a_cancelled_probe_frees_its_slot(make_upstream: MakeUpstream, clock: Clock) -> None:
+    async with ScriptedUpstream(default=Reply(500)) as server:
+        upstream = make_upstream(
+            server.url, http_retry_attempts=1, breaker_fail_max=1, http_read_timeout_s=5.0
+        )
+        with pytest.raises(UpstreamUnavailable):
+            await upstream.request("GET", "/stock/a")
+        clock.advance(0.25)
+        server.default = Reply(hang=True)
+        probe = asyncio.create_task(upstream.request("GET", "/stock/a"))
+        await asyncio.sleep(0.05)
+        probe.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+        server.default = OK
+        assert (await upstream.request("GET", "/stock/a")).status_code == 200  # a new probe got in
+        assert upstream.breaker.state == "closed"
 
 
 def test_parse_retry_after() -> None:
@@ -278,6 +339,8 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("Thu, 01 Jan 2026 00:00:30 GMT", now=now) == 30
     assert parse_retry_after("Wed, 31 Dec 2025 00:00:00 GMT", now=now) == 0  # in the past
     assert parse_retry_after("soon", now=now) is None
+    assert parse_retry_after("\xb2", now=now) is None  # a Unicode digit, not a delay
+    assert parse_retry_after("1e3", now=now) is None
     assert parse_retry_after(None, now=now) is None
 
 

@@ -10,7 +10,7 @@ Why each exists, in one line:
 - `add_column`: only nullable, without a default; anything else rewrites or locks the table.
 - `set_default`: the default for new rows, set after the column exists: never a rewrite.
 - `backfill`: one UPDATE over a big table holds its row locks and bloats WAL for minutes; batches
-  of `batch_size` rows, each its own short transaction, do not.
+  of `batch_size` rows along the primary key, each its own short transaction, do not.
 - `set_not_null`: SET NOT NULL alone scans the table under an ACCESS EXCLUSIVE lock; a NOT VALID
   check constraint, VALIDATE (which lets reads and writes through), then SET NOT NULL does not scan.
 - `add_foreign_key`: NOT VALID then VALIDATE, for the same reason.
@@ -100,20 +100,31 @@ def set_default(table: str, column: str, expression: str) -> None:
 
 
 def backfill(table: str, *, set_: str, where: str, key: str = "id", batch_size: int = 10_000) -> None:
-    """UPDATE `table` SET `set_` WHERE `where`, `batch_size` rows per transaction until none match.
-    `where` must stop matching a row once it is updated (e.g. `new_column IS NULL`). Rows that
-    requests hold are skipped and picked up by a later batch."""
-    statement = (
-        f"WITH batch AS (SELECT {_ident(key)} FROM {_ident(table)} WHERE {where} "
-        f"LIMIT {int(batch_size)} FOR UPDATE SKIP LOCKED) "
-        f"UPDATE {_ident(table)} SET {set_} FROM batch WHERE {_ident(table)}.{_ident(key)} = batch.{_ident(key)}"
-    )
+    """UPDATE `table` SET `set_` for the rows matching `where`, walking the primary key `key` in
+    batches of `batch_size`, each its own short transaction. The walk follows the key's index, so
+    every batch costs the same (an `UPDATE ... WHERE <where> LIMIT n` loop rescans what is already
+    done, and slows down as it goes). `where` keeps a rerun from touching finished rows."""
+    table, key = _ident(table), _ident(key)
+    first = f"SELECT {key} FROM {table} ORDER BY {key} LIMIT {int(batch_size)}"
+    after = f"SELECT {key} FROM {table} WHERE {key} > :after ORDER BY {key} LIMIT {int(batch_size)}"
+
+    def statement(batch: str) -> str:
+        return (
+            f"WITH batch AS ({batch}), "
+            f"done AS (UPDATE {table} SET {set_} WHERE {key} IN (SELECT {key} FROM batch) AND ({where})) "
+            f"SELECT {key} FROM batch ORDER BY {key} DESC LIMIT 1"
+        )
+
     with context.get_context().autocommit_block():
         if context.is_offline_mode():
-            op.execute(f"-- repeat until it updates no row:\n{statement}")
+            op.execute(
+                f"-- then again with `{key} > <last {key} of the batch>` until a batch is empty\n{statement(first)}"
+            )
             return
-        while op.get_bind().execute(sa.text(statement)).rowcount:
-            pass
+        connection = op.get_bind()
+        last = connection.scalar(sa.text(statement(first)))
+        while last is not None:
+            last = connection.scalar(sa.text(statement(after)), {"after": last})
 
 
 def set_not_null(table: str, column: str) -> None:

@@ -49,7 +49,7 @@ class Metrics:
 
         self.upstream_calls = Counter(
             "upstream_calls",
-            "Calls to an upstream, after retries, by outcome: ok, failed, timeout, unreachable, circuit_open.",
+            "Calls to an upstream, after retries, by outcome: ok, failed, timeout, unreachable, circuit_open, pool_timeout.",
             ["upstream", "outcome"],
             registry=self.registry,
         )
@@ -68,7 +68,7 @@ class Metrics:
         )
         self.upstream_retries_denied = Counter(
             "upstream_retries_denied",
-            "Retries not made, by why: circuit_open, deadline, budget.",
+            "Retries not made, by why: circuit_open, retry_after, deadline, budget.",
             ["upstream", "why"],
             registry=self.registry,
         )

@@ -12,18 +12,21 @@ breakers, graceful degradation). Tuned by `REQUEST_TIMEOUT_S` (the deadline), `H
 2. The attempt runs with its timeouts cut to what is left of the request's deadline, in a CLIENT span.
 3. 2xx to 4xx go back to the caller (a 404 is an answer, not a fault). 408, 429, 5xx, timeouts and
    connection errors are failures: the breaker counts them.
-4. A failure is retried (tenacity; full-jitter exponential backoff, or the upstream's `Retry-After`,
-   both capped) when the method is idempotent or the request carries an `Idempotency-Key`, attempts
+4. A failure is retried (tenacity; full-jitter exponential backoff, or the upstream's `Retry-After`
+   when it is within the cap) when the method is idempotent or the request carries an `Idempotency-Key`, attempts
    remain, the breaker is not open, the retry budget has a token, and the wait ends before the deadline.
 5. Otherwise the caller gets `UpstreamTimeout` (504) or `UpstreamUnavailable` (503).
 
-`asyncio.CancelledError` (the client went away) is never counted: it is neither a success nor a failure.
+`asyncio.CancelledError` is never counted: it is neither a success nor a failure. Neither is a
+timeout that our own deadline caused, nor a full connection pool of our own: the breaker counts
+only what the upstream did. A `Retry-After` longer than the cap ends the retries and is passed on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from collections.abc import Awaitable
 from collections.abc import Callable
@@ -64,6 +67,9 @@ BREAKER_STATES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybre
 RETRY_BUDGET_RESERVE = 10.0
 
 
+_DELAY_SECONDS = re.compile(r"[0-9]{1,9}")  # ASCII digits only: str.isdigit() also takes '²'
+
+
 class UpstreamUnavailable(ServiceError):
     status, slug = 503, "upstream-unavailable"
 
@@ -101,11 +107,11 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if _DELAY_SECONDS.fullmatch(value):
         return float(value)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         return None
@@ -169,8 +175,10 @@ class Breaker:
         half_open_probes: int,
         listeners: list[pybreaker.CircuitBreakerListener],
         storage: pybreaker.CircuitBreakerStorage | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.storage = storage or pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+        self.clock = clock
         self.breaker = pybreaker.CircuitBreaker(
             fail_max=fail_max,
             reset_timeout=reset_timeout_s,
@@ -194,7 +202,7 @@ class Breaker:
         opened_at = self.storage.opened_at
         if opened_at is None:
             return 0.0
-        elapsed = (datetime.now(UTC) - opened_at).total_seconds()
+        elapsed = (self.clock() - opened_at).total_seconds()
         return max(0.0, self.breaker.reset_timeout - elapsed)
 
     def admit(self) -> bool:
@@ -222,14 +230,19 @@ class Breaker:
         if probe:
             self._probes -= 1
             if self.state == pybreaker.STATE_HALF_OPEN:
-                self.breaker.open()
+                self._open()
             return
         self.storage.increment_counter()
         if self.state == pybreaker.STATE_CLOSED and self.storage.counter >= self.breaker.fail_max:
-            self.breaker.open()
+            self._open()
+
+    def _open(self) -> None:
+        self.breaker.open()
+        self.storage.opened_at = self.clock()  # on this breaker's clock (tests use a fake one)
 
     def abandoned(self, probe: bool) -> None:
-        """The call was cancelled: free its probe slot, record no outcome."""
+        """The call says nothing of the upstream's health (cancelled, or cut short by our own
+        deadline or pool): free its probe slot, record no outcome."""
         if probe:
             self._probes -= 1
 
@@ -247,6 +260,7 @@ class Upstream:
         metrics: Metrics,
         tracer: trace.Tracer,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
@@ -262,6 +276,7 @@ class Upstream:
             reset_timeout_s=settings.breaker_reset_timeout_s,
             half_open_probes=settings.breaker_half_open_probes,
             listeners=[_StateChanges(metrics)],
+            clock=clock,
         )
         metrics.breaker_state.labels(name).set(0)
         self._jitter = wait_random_exponential(
@@ -300,7 +315,14 @@ class Upstream:
             raise
         except FailedStatus as exc:
             self.metrics.upstream_calls.labels(self.name, "failed").inc()
-            raise UpstreamUnavailable(f"{self.name} answered {exc.response.status_code}.") from exc
+            retry_after = exc.retry_after_s
+            headers = {"Retry-After": str(math.ceil(retry_after))} if retry_after is not None else None
+            raise UpstreamUnavailable(
+                f"{self.name} answered {exc.response.status_code}.", headers=headers
+            ) from exc
+        except httpx.PoolTimeout as exc:
+            self.metrics.upstream_calls.labels(self.name, "pool_timeout").inc()
+            raise UpstreamUnavailable(f"Too many calls to {self.name} in flight; retry shortly.") from exc
         except (DeadlineExceeded, TimeoutError, httpx.TimeoutException) as exc:
             self.metrics.upstream_calls.labels(self.name, "timeout").inc()
             raise UpstreamTimeout(f"{self.name} did not answer in time.") from exc
@@ -316,6 +338,9 @@ class Upstream:
         if left <= 0:
             raise DeadlineExceeded
         probe = self.breaker.admit()
+        # When the deadline, not the configured timeouts, bounds this attempt, a timeout says more
+        # about our deadline than about the upstream: it must not count against the breaker.
+        cut_short = left < max(self.settings.http_connect_timeout_s, self.settings.http_read_timeout_s)
         timeout = httpx.Timeout(
             connect=min(self.settings.http_connect_timeout_s, left),
             read=min(self.settings.http_read_timeout_s, left),
@@ -338,6 +363,19 @@ class Upstream:
             except asyncio.CancelledError:
                 self.breaker.abandoned(probe)
                 raise
+            except httpx.PoolTimeout:
+                # Our own connection pool is full: nothing was sent, the upstream is not at fault.
+                self.breaker.abandoned(probe)
+                self._observe(started, "pool_timeout")
+                raise
+            except (TimeoutError, httpx.TimeoutException) as exc:
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                self._observe(started, "timeout")
+                if cut_short:
+                    self.breaker.abandoned(probe)
+                    raise DeadlineExceeded from exc
+                self.breaker.failed(probe)
+                raise
             except Exception as exc:
                 self.breaker.failed(probe)
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
@@ -359,18 +397,25 @@ class Upstream:
         self.metrics.upstream_latency.labels(self.name, outcome).observe(time.perf_counter() - started)
 
     def _wait(self, state: RetryCallState) -> float:
-        """Full jitter, or the upstream's Retry-After; both capped at HTTP_RETRY_MAX_WAIT_S."""
+        """Full jitter, or the upstream's Retry-After (a longer one stops the retries instead:
+        `_must_stop`); capped at HTTP_RETRY_MAX_WAIT_S."""
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, FailedStatus) and error.retry_after_s is not None:
             return min(error.retry_after_s, self.settings.http_retry_max_wait_s)
         return float(self._jitter(state))
 
     def _must_stop(self, state: RetryCallState) -> bool:
-        """Stop retrying when the breaker is open, the wait would end past the deadline, or the
-        budget is spent (checked last, so a token is only spent on a retry that happens)."""
+        """Stop retrying when the breaker is open, the upstream asks for a longer pause than the cap
+        or the deadline allow, too little time would be left for an attempt, or the budget is spent
+        (checked last, so a token is only spent on a retry that happens)."""
+        error = state.outcome.exception() if state.outcome else None
+        left = deadline.remaining(self.settings.request_timeout_s)
         if self.breaker.state == pybreaker.STATE_OPEN:
             return self._deny("circuit_open")
-        if deadline.remaining(self.settings.request_timeout_s) <= state.upcoming_sleep:
+        if isinstance(error, FailedStatus) and error.retry_after_s is not None:
+            if error.retry_after_s > min(self.settings.http_retry_max_wait_s, left):
+                return self._deny("retry_after")
+        if left - state.upcoming_sleep < self.settings.http_connect_timeout_s:
             return self._deny("deadline")
         if not self.budget.withdraw():
             return self._deny("budget")
@@ -407,7 +452,8 @@ class _StopWhen(stop_base):
 def _transient(error: BaseException) -> bool:
     if isinstance(error, FailedStatus):
         return error.response.status_code in RETRY_STATUSES
-    return isinstance(error, httpx.TransportError | TimeoutError)
+    # A full pool of our own is not the upstream's trouble: retrying would only queue more calls.
+    return isinstance(error, httpx.TransportError | TimeoutError) and not isinstance(error, httpx.PoolTimeout)
 
 
 def _never(_: BaseException) -> bool:
