@@ -412,9 +412,9 @@ class Upstream:
         left = deadline.remaining(self.settings.request_timeout_s)
         if self.breaker.state == pybreaker.STATE_OPEN:
             return self._deny("circuit_open")
-        if isinstance(error, FailedStatus) and error.retry_after_s is not None:
-            if error.retry_after_s > min(self.settings.http_retry_max_wait_s, left):
-                return self._deny("retry_after")
+        asked = error.retry_after_s if isinstance(error, FailedStatus) else None
+        if asked is not None and asked > min(self.settings.http_retry_max_wait_s, left):
+            return self._deny("retry_after")
         if left - state.upcoming_sleep < self.settings.http_connect_timeout_s:
             return self._deny("deadline")
         if not self.budget.withdraw():
