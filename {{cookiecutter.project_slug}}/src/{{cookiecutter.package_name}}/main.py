@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.tracer_provider = tracer_provider
     errors.install(app)
+    idempotency.install(app)
     app.include_router(health.router)
     app.add_api_route("/metrics", metrics.endpoint, include_in_schema=False)
     for module in domains.modules("router"):

@@ -23,6 +23,8 @@ from {{ cookiecutter.package_name }}.main import create_app
 from tests.conftest import MIGRATIONS
 from tests.conftest import PROJECT
 from tests.conftest import make_settings
+from tests.upstream import Reply
+from tests.upstream import ScriptedUpstream
 from tests.upstream import closed_port
 
 ORDER = {"sku": "SKU-1", "quantity": 1}
@@ -110,3 +112,39 @@ async def test_fifty_concurrent_retries_across_worker_processes_create_one_order
     assert await _count_and_clean(committed) == 1
     assert set(statuses) <= {201, 409}
     assert len({response.json()["id"] for response in responses if response.status_code == 201}) == 1
+
+
+async def test_idempotent_posts_hold_no_connection_while_the_upstream_answers(committed: URL) -> None:
+    """More concurrent orders than the pool has connections, against a slow inventory service:
+    the stock check runs before the first statement, so reads keep being served and no order
+    waits for a connection."""
+    async with ScriptedUpstream(
+        default=Reply(200, {"sku": "SKU-1", "available": 9}, delay_s=0.5)
+    ) as inventory:
+        app = create_app(
+            make_settings(
+                committed,
+                inventory_url=inventory.url,
+                db_pool_size=2,
+                db_max_overflow=0,
+                db_pool_timeout_s=1.0,
+            )
+        )
+        async with LifespanManager(app) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+                posts = [
+                    asyncio.create_task(
+                        client.post("/v1/orders", json=ORDER, headers={"Idempotency-Key": f"k-{n}"})
+                    )
+                    for n in range(8)
+                ]
+                await asyncio.sleep(0.2)  # every POST is now waiting on the inventory service
+                began = time.monotonic()
+                read = await client.get("/v1/orders")
+                read_took = time.monotonic() - began
+                created = await asyncio.gather(*posts)
+    assert read.status_code == 200
+    assert read_took < 0.5
+    assert [response.status_code for response in created] == [201] * 8
+    assert await _count_and_clean(committed) == 8

@@ -45,6 +45,10 @@ class Crash(Exception):
     pass
 
 
+# Crashes left to inject: the effect's handler raises after its write while this is above zero.
+CRASHES = {"left": 0}
+
+
 @router.post("/effects", status_code=201, dependencies=[RequireIdempotencyKey])
 async def make_effect(request: Request, session: SessionDep, response: Response) -> dict[str, Any]:
     body = await request.json()
@@ -54,7 +58,8 @@ async def make_effect(request: Request, session: SessionDep, response: Response)
         {"id": effect_id, "note": json.dumps(body)},
     )
     await asyncio.sleep(float(body.get("linger_s", 0)) if isinstance(body, dict) else 0)
-    if isinstance(body, dict) and body.get("crash_after_write"):
+    if CRASHES["left"] > 0:
+        CRASHES["left"] -= 1
         await session.flush()
         raise Crash("after the write, before the commit")
     response.headers["Location"] = f"/effects/{effect_id}"
@@ -177,17 +182,36 @@ async def test_fifty_concurrent_retries_take_effect_once(app: FastAPI, client: h
 async def test_a_crash_before_the_commit_leaves_nothing_and_the_retry_takes_effect_once(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
-    crashed = await post(client, {"n": 1, "crash_after_write": True}, "key-crash")
+    CRASHES["left"] = 1
+    crashed = await post(client, {"n": 1}, "key-crash")
     assert crashed.status_code == 500
     assert await effects(app) == 0
     assert await records(app) == 0
 
-    # The client retries the same operation; this time the handler does not crash.
-    first = await post(client, {"n": 1}, "key-crash-2")
-    again = await post(client, {"n": 1}, "key-crash-2")
+    # The client retries the same request with the same key; this time the handler does not crash.
+    first = await post(client, {"n": 1}, "key-crash")
+    again = await post(client, {"n": 1}, "key-crash")
     assert first.status_code == 201
+    assert "idempotent-replayed" not in first.headers
     assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
     assert await effects(app) == 1
+    assert await records(app) == 1
+
+
+async def test_keys_are_scoped_by_principal(app: FastAPI, client: httpx.AsyncClient) -> None:
+    def tenant_from_header(request: Request) -> str:
+        return request.headers.get("x-tenant", "-")
+
+    app.dependency_overrides[idempotency.current_principal] = tenant_from_header
+    headers = {"Idempotency-Key": "shared", "content-type": "application/json"}
+    first = await client.post("/effects", content=b'{"n": 1}', headers=headers | {"x-tenant": "a"})
+    other = await client.post("/effects", content=b'{"n": 1}', headers=headers | {"x-tenant": "b"})
+    again = await client.post("/effects", content=b'{"n": 1}', headers=headers | {"x-tenant": "a"})
+    assert first.status_code == other.status_code == 201
+    assert other.content != first.content  # tenant b's key is its own
+    assert again.content == first.content
+    assert await effects(app) == 2
 
 
 async def test_an_expired_key_counts_as_new_and_the_purge_deletes_only_expired_records(

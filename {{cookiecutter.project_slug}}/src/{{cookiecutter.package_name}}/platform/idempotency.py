@@ -9,14 +9,16 @@ A route opts in with one declaration, `dependencies=[RequireIdempotencyKey]`, on
 
 1. The key is read (a bare token or an RFC 8941 quoted string; 1-255 safe characters; missing or
    malformed: 400) and scoped by principal, method and route template.
-2. A PostgreSQL advisory lock on that scope is taken without waiting: held by another request, the
-   key is in flight, 409 with `Retry-After`. The lock lives in the database, so it holds across
-   processes and replicas; it is released when the transaction ends, whatever ends it.
-3. A stored response for the key (not expired) is replayed byte for byte, status, body and the
+2. A stored response for the key (not expired) is replayed byte for byte, status, body and the
    stored headers, with `Idempotent-Replayed: true`; if the request's fingerprint (SHA-256 of method,
-   path, query and canonical JSON body) differs, 422.
-4. Otherwise the handler runs, and the response it returns is stored in the same transaction as
-   its effect: both commit, or neither.
+   path, query and canonical JSON body) differs, 422. This lookup takes no lock.
+3. Otherwise the handler runs. At the first statement of its transaction, a PostgreSQL advisory
+   lock on the key's scope is taken without waiting (held by another request: the key is in
+   flight, 409 with `Retry-After`), and the lookup is repeated under it. The lock lives in the
+   database, so it holds across processes and replicas, and is released when the transaction
+   ends, whatever ends it. Work before the first statement (an upstream call) holds no connection.
+4. The response the handler returns is stored in the same transaction as its effect: both
+   commit, or neither. The guarantee covers effects in this database.
 
 What is stored: every response the handler returns with a status below 500. Not stored: validation
 failures before the handler, errors the handler raises (problem+json 4xx) and every 5xx or crash:
@@ -45,15 +47,19 @@ from typing import Any
 import orjson
 import structlog
 from fastapi import Depends
+from fastapi import FastAPI
 from fastapi import Header
 from fastapi import Request
 from fastapi import Response
 from fastapi.routing import APIRoute
 from sqlalchemy import BigInteger
+from sqlalchemy import Connection
 from sqlalchemy import DateTime
 from sqlalchemy import Index
 from sqlalchemy import LargeBinary
+from sqlalchemy import Row
 from sqlalchemy import Text
+from sqlalchemy import event
 from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy import text
@@ -61,8 +67,12 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import Session
+from sqlalchemy.orm import SessionTransaction
 from sqlalchemy.orm import mapped_column
+from sqlalchemy.sql import Executable
 
 from {{ cookiecutter.package_name }}.db.base import Base
 from {{ cookiecutter.package_name }}.db.session import SessionDep
@@ -108,20 +118,61 @@ class KeyReused(ServiceError):
 
 
 class _Replay(Exception):
+    """The stored answer, raised so that the request's transaction rolls back (it wrote nothing),
+    and sent by the handler `install` registers."""
+
     def __init__(self, response: Response) -> None:
         self.response = response
 
 
+async def _send_replay(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, _Replay)
+    return exc.response
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(_Replay, _send_replay)
+
+
 class _Claim:
-    """This request holds the key: what to store once the handler has answered."""
+    """A request's hold on its key. The key's lock is taken at the first statement of the
+    request's transaction (`after_begin`), not before the handler runs: work the handler does
+    before touching the database (the example's stock check upstream) holds no connection."""
 
     def __init__(
-        self, session: AsyncSession, identity: dict[str, str], fingerprint: str, expires_at: datetime
-    ):
+        self,
+        session: AsyncSession,
+        identity: dict[str, str],
+        fingerprint: str,
+        expires_at: datetime,
+        metrics: Metrics,
+    ) -> None:
         self.session = session
         self.identity = identity
         self.fingerprint = fingerprint
         self.expires_at = expires_at
+        self.metrics = metrics
+        event.listen(session.sync_session, "after_begin", self._lock_and_check, once=True)
+
+    def _lock_and_check(
+        self, _session: Session, _transaction: SessionTransaction, connection: Connection
+    ) -> None:
+        lock_name = "\x1f".join(self.identity.values())
+        locked = connection.scalar(
+            select(func.pg_try_advisory_xact_lock(func.hashtextextended(lock_name, 0)))
+        )
+        if not locked:
+            self.metrics.idempotency.labels("conflict").inc()
+            log.info("idempotency_conflict", route=self.identity["route"], method=self.identity["method"])
+            raise KeyInFlight(
+                "A request with this Idempotency-Key is still in progress; retry later.",
+                headers={"Retry-After": "1"},
+            )
+        # A new statement, so a new snapshot (READ COMMITTED): it sees what the lock's previous
+        # holder committed before it let go.
+        record = connection.execute(_lookup(self.identity)).first()
+        if record is not None:
+            raise _outcome(record, self.fingerprint, self.metrics, self.identity)
 
     async def store(self, response: Response) -> None:
         headers = {name: response.headers[name] for name in STORED_HEADERS if name in response.headers}
@@ -133,13 +184,52 @@ class _Claim:
             "body": bytes(response.body),
             "expires_at": self.expires_at,
         }
-        statement = insert(IdempotencyRecord).values(values)
-        # An expired record of the same key may still be there: this request replaces it.
-        statement = statement.on_conflict_do_update(
+        new = insert(IdempotencyRecord).values(values)
+        # Only an expired record of the key may be replaced: a live one means the lock failed us,
+        # and overwriting it would hide a second effect.
+        upsert = new.on_conflict_do_update(
             index_elements=["principal", "method", "route", "key"],
-            set_={name: statement.excluded[name] for name in values if name not in self.identity},
-        )
-        await self.session.execute(statement)
+            set_={name: new.excluded[name] for name in values if name not in self.identity},
+            where=IdempotencyRecord.expires_at <= func.now(),
+        ).returning(IdempotencyRecord.key)
+        if (await self.session.execute(upsert)).first() is None:
+            raise RuntimeError("a live idempotency record changed while its key was locked")
+        self.metrics.idempotency.labels("stored").inc()
+
+
+def _lookup(identity: dict[str, str]) -> Executable:
+    """The key's live record, if any (an expired one counts as absent)."""
+    return select(
+        IdempotencyRecord.fingerprint,
+        IdempotencyRecord.status_code,
+        IdempotencyRecord.headers,
+        IdempotencyRecord.body,
+    ).where(
+        *(getattr(IdempotencyRecord, name) == value for name, value in identity.items()),
+        IdempotencyRecord.expires_at > func.now(),
+    )
+
+
+def _outcome(record: Row[Any], fingerprint: str, metrics: Metrics, identity: dict[str, str]) -> Exception:
+    """What a found record means for this request: its replay, or a refusal."""
+    if record.fingerprint != fingerprint:
+        metrics.idempotency.labels("mismatch").inc()
+        log.info("idempotency_mismatch", route=identity["route"], method=identity["method"])
+        return KeyReused("This Idempotency-Key was used with a different request.")
+    metrics.idempotency.labels("replay").inc()
+    log.info(
+        "idempotent_replay", route=identity["route"], method=identity["method"], status=record.status_code
+    )
+    replay = Response(content=record.body, status_code=record.status_code, headers=record.headers)
+    replay.headers[REPLAYED_HEADER] = "true"
+    return _Replay(replay)
+
+
+def current_principal() -> str:
+    """Who the key belongs to. Without authentication there is one scope; a service that
+    authenticates overrides this dependency with one returning the subject or tenant:
+    `app.dependency_overrides[idempotency.current_principal] = auth.current_subject`."""
+    return ANONYMOUS
 
 
 def parse_key(raw: str | None) -> str:
@@ -174,6 +264,7 @@ def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
 async def _require_key(
     request: Request,
     session: SessionDep,
+    principal: Annotated[str, Depends(current_principal)],
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -193,36 +284,23 @@ async def _require_key(
         raise TypeError(f"{request.url.path}: RequireIdempotencyKey needs route_class=IdempotentRoute")
     key = parse_key(idempotency_key)
     metrics: Metrics = request.app.state.metrics
-    principal = getattr(request.state, "principal", None) or ANONYMOUS
     identity = {"principal": principal, "method": request.method, "route": route.path, "key": key}
     request_fingerprint = fingerprint(
         request.method, request.url.path, request.url.query, await request.body()
     )
 
-    lock_name = "\x1f".join(identity.values())
-    locked = await session.scalar(select(func.pg_try_advisory_xact_lock(func.hashtextextended(lock_name, 0))))
-    if not locked:
-        metrics.idempotency.labels("conflict").inc()
-        log.info("idempotency_conflict", route=route.path, method=request.method)
-        raise KeyInFlight(
-            "A request with this Idempotency-Key is still in progress; retry later.",
-            headers={"Retry-After": "1"},
-        )
-    # A new statement, so a new snapshot: it sees what the lock's previous holder committed.
-    record = await session.get(IdempotencyRecord, tuple(identity.values()))
-    now = datetime.now(UTC)
-    if record is not None and record.expires_at > now:
-        if record.fingerprint != request_fingerprint:
-            metrics.idempotency.labels("mismatch").inc()
-            log.info("idempotency_mismatch", route=route.path, method=request.method)
-            raise KeyReused("This Idempotency-Key was used with a different request.")
-        metrics.idempotency.labels("replay").inc()
-        log.info("idempotent_replay", route=route.path, method=request.method, status=record.status_code)
-        replay = Response(content=record.body, status_code=record.status_code, headers=record.headers)
-        replay.headers[REPLAYED_HEADER] = "true"
-        raise _Replay(replay)
+    # The common retry, a replay, is answered here without a lock, in a short transaction of its
+    # own. A miss proves nothing yet: the claim checks again under the lock.
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    async with sessionmaker() as lookup:
+        record = (await lookup.execute(_lookup(identity))).first()
+    if record is not None:
+        raise _outcome(record, request_fingerprint, metrics, identity)
+
     retention = timedelta(seconds=request.app.state.settings.idempotency_retention_s)
-    request.state.idempotency_claim = _Claim(session, identity, request_fingerprint, now + retention)
+    request.state.idempotency_claim = _Claim(
+        session, identity, request_fingerprint, datetime.now(UTC) + retention, metrics
+    )
 
 
 RequireIdempotencyKey = Depends(_require_key, scope="function")
@@ -236,14 +314,10 @@ class IdempotentRoute(APIRoute):
         handle = super().get_route_handler()
 
         async def handle_idempotently(request: Request) -> Response:
-            try:
-                response = await handle(request)
-            except _Replay as replay:
-                return replay.response
+            response = await handle(request)
             claim: _Claim | None = getattr(request.state, "idempotency_claim", None)
             if claim is not None and response.status_code < 500:
                 await claim.store(response)
-                request.app.state.metrics.idempotency.labels("stored").inc()
             return response
 
         return handle_idempotently
