@@ -68,8 +68,11 @@ async def load(engine: AsyncEngine, ids: list[uuid.UUID], kind: str, stop: async
         while not stop.is_set():
             began = time.perf_counter()
             if kind == "read":
+                # The previous release's read: named columns, as the ORM writes it (a SELECT * would
+                # fail its cached plan once a column is added; the service never issues one).
                 await connection.execute(
-                    text("SELECT * FROM orders WHERE id = :id"), {"id": ids[n % len(ids)]}
+                    text("SELECT id, sku, quantity, status, created_at FROM orders WHERE id = :id"),
+                    {"id": ids[n % len(ids)]},
                 )
             else:
                 await connection.execute(
