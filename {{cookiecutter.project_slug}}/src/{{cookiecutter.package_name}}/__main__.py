@@ -16,12 +16,14 @@ import sys
 import structlog
 import uvicorn
 from pydantic import SecretStr
+from uvicorn.supervisors import Multiprocess
 
 from {{ cookiecutter.package_name }}.db import embedded
 from {{ cookiecutter.package_name }}.db import migrations
 from {{ cookiecutter.package_name }}.db.session import create_engine
 from {{ cookiecutter.package_name }}.platform import idempotency
 from {{ cookiecutter.package_name }}.platform import logs
+from {{ cookiecutter.package_name }}.platform import shutdown
 from {{ cookiecutter.package_name }}.settings import Settings
 from {{ cookiecutter.package_name }}.settings import load_settings
 
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info(
         "service_listening", url=base, docs=f"{base}/docs", ready=f"{base}/ready", metrics=f"{base}/metrics"
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         "{{ cookiecutter.package_name }}.main:create_app",
         factory=True,
         host=settings.host,
@@ -79,7 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,  # replaced by the middleware's `http_request` line
         proxy_headers=True,
         server_header=False,
+        timeout_graceful_shutdown=settings.graceful_timeout_s,
     )
+    if settings.workers > 1:
+        sock = config.bind_socket()
+        Multiprocess(config, sockets=[sock]).run()
+    else:
+        shutdown.DrainingServer(config, delay_s=settings.shutdown_delay_s).run()
     return 0
 
 

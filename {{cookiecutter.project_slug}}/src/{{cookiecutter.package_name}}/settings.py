@@ -68,6 +68,11 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
 
+    # Graceful shutdown (platform/shutdown.py): not ready but serving for SHUTDOWN_DELAY_S after
+    # SIGTERM, then in-flight requests get GRACEFUL_TIMEOUT_S to finish.
+    shutdown_delay_s: float = Field(default=5.0, ge=0, le=300)
+    graceful_timeout_s: int = Field(default=20, ge=1, le=3600)  # uvicorn takes whole seconds
+
     # The deadline of each inbound request: outbound calls and their retries never run past it.
     request_timeout_s: PositiveSeconds = 10.0
 

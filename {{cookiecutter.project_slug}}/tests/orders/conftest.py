@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from uuid import uuid4
 
 import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
 
 
 async def _with_idempotency_key(request: httpx.Request) -> None:
@@ -17,3 +21,22 @@ async def client(client: httpx.AsyncClient) -> httpx.AsyncClient:
     (POST /v1/orders requires one; tests of idempotency itself set theirs)."""
     client.event_hooks["request"].append(_with_idempotency_key)
     return client
+
+
+async def count_and_clean(database_url: URL) -> int:
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            count = int(await connection.scalar(text("SELECT count(*) FROM orders")) or 0)
+            await connection.execute(text("TRUNCATE orders, idempotency_keys"))
+        return count
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def committed(database_url: URL) -> AsyncIterator[URL]:
+    """The test database for tests that commit; emptied before and after."""
+    await count_and_clean(database_url)
+    yield database_url
+    await count_and_clean(database_url)

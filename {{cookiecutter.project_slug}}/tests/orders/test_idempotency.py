@@ -8,45 +8,24 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from sqlalchemy import text
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from {{ cookiecutter.package_name }}.main import create_app
 
 from tests.conftest import MIGRATIONS
 from tests.conftest import PROJECT
 from tests.conftest import make_settings
+from tests.orders.conftest import count_and_clean
 from tests.upstream import Reply
 from tests.upstream import ScriptedUpstream
 from tests.upstream import closed_port
 
 ORDER = {"sku": "SKU-1", "quantity": 1}
-
-
-async def _count_and_clean(database_url: URL) -> int:
-    engine = create_async_engine(database_url)
-    try:
-        async with engine.begin() as connection:
-            count = int(await connection.scalar(text("SELECT count(*) FROM orders")) or 0)
-            await connection.execute(text("TRUNCATE orders, idempotency_keys"))
-        return count
-    finally:
-        await engine.dispose()
-
-
-@pytest.fixture
-async def committed(database_url: URL) -> AsyncIterator[URL]:
-    """The test database for tests that commit; emptied before and after."""
-    await _count_and_clean(database_url)
-    yield database_url
-    await _count_and_clean(database_url)
 
 
 async def test_fifty_concurrent_retries_in_process_create_one_order(committed: URL) -> None:
@@ -60,7 +39,7 @@ async def test_fifty_concurrent_retries_in_process_create_one_order(committed: U
                     for _ in range(50)
                 )
             )
-    assert await _count_and_clean(committed) == 1
+    assert await count_and_clean(committed) == 1
     assert {response.status_code for response in responses} <= {201, 409}
     created = {response.json()["id"] for response in responses if response.status_code == 201}
     assert len(created) == 1
@@ -109,7 +88,7 @@ async def test_fifty_concurrent_retries_across_worker_processes_create_one_order
             *(client.post("/v1/orders", json=ORDER, headers={"Idempotency-Key": "storm"}) for _ in range(50))
         )
     statuses = [response.status_code for response in responses]
-    assert await _count_and_clean(committed) == 1
+    assert await count_and_clean(committed) == 1
     assert set(statuses) <= {201, 409}
     assert len({response.json()["id"] for response in responses if response.status_code == 201}) == 1
 
@@ -147,4 +126,4 @@ async def test_idempotent_posts_hold_no_connection_while_the_upstream_answers(co
     assert read.status_code == 200
     assert read_took < 0.5
     assert [response.status_code for response in created] == [201] * 8
-    assert await _count_and_clean(committed) == 8
+    assert await count_and_clean(committed) == 8

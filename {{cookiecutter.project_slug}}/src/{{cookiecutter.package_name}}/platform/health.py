@@ -21,6 +21,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from {{ cookiecutter.package_name }}.platform import shutdown
+
 log = structlog.get_logger(__name__)
 
 router = APIRouter(tags=["operations"])
@@ -55,7 +57,7 @@ class Readiness:
     async def check(self) -> dict[str, str]:
         """Each check's result: "ok" or why not. Answers within `timeout_s`, whatever the database does."""
         checks = {"database": "ok", "schema": "ok", "shutdown": "ok"}
-        if self.shutting_down:
+        if self.shutting_down or shutdown.is_draining():
             checks["shutdown"] = "draining: the process is shutting down"
         probe = asyncio.ensure_future(self._current_heads())
         done, _ = await asyncio.wait({probe}, timeout=self.timeout_s)

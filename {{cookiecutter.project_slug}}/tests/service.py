@@ -1,0 +1,59 @@
+"""The service as a real process (`python -m <package> serve`) on a free port, for fault tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+
+from tests.conftest import MIGRATIONS
+from tests.conftest import PROJECT
+from tests.upstream import closed_port
+
+
+class Service:
+    def __init__(self, process: subprocess.Popen[str], base: str) -> None:
+        self.process = process
+        self.base = base
+
+
+@contextmanager
+def running(database_url: str, **env: str) -> Iterator[Service]:
+    port = closed_port()
+    variables = os.environ | {
+        "DATABASE_URL": database_url,
+        "PORT": str(port),
+        "MIGRATIONS_DIR": str(MIGRATIONS),
+        "LOG_LEVEL": "WARNING",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve"],
+        cwd=PROJECT,
+        env=variables | env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(
+                f"the service did not become ready: {process.stderr.read() if process.stderr else ''}"
+            )
+        yield Service(process, base)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
