@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expected_heads=migrations.expected_heads(settings.migrations_dir),
             known_revisions=migrations.known_revisions(settings.migrations_dir),
             timeout_s=settings.ready_timeout_s,
+            metrics=metrics,
         )
         purger = asyncio.create_task(
             idempotency.purge_periodically(engine, settings.idempotency_purge_interval_s),

@@ -22,6 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from {{ cookiecutter.package_name }}.platform import shutdown
+from {{ cookiecutter.package_name }}.platform.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -45,8 +46,10 @@ class Readiness:
         expected_heads: frozenset[str],
         known_revisions: frozenset[str],
         timeout_s: float,
+        metrics: Metrics,
     ) -> None:
         self.engine = probe_engine
+        self.metrics = metrics
         self.expected_heads = expected_heads
         self.known_revisions = known_revisions
         self.timeout_s = timeout_s
@@ -74,6 +77,7 @@ class Readiness:
         else:
             checks["schema"] = self._schema(probe.result())
         ready = all(value == "ok" for value in checks.values())
+        self.metrics.ready.set(1 if ready else 0)
         if ready != self._last_ready:
             log.log(20 if ready else 30, "readiness_changed", ready=ready, **checks)
             self._last_ready = ready

@@ -78,6 +78,11 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.ready = Gauge(
+            "service_ready",
+            "1 when the last /ready check passed, 0 when it failed (changes count readiness flaps).",
+            registry=self.registry,
+        )
         self.breaker_state = Gauge(
             "circuit_breaker_state",
             "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open.",

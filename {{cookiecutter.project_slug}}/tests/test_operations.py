@@ -1,0 +1,161 @@
+"""The operations pack checked against the code: the runbook and the alert rules name only metrics
+and log events the service really has, every alert links a runbook section that exists, and the
+Kubernetes manifests pass the Kubernetes schemas (strict)."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import PROJECT
+
+RUNBOOK = PROJECT / "RUNBOOK.md"
+ALERTS = PROJECT / "deploy" / "prometheus" / "alerts.yaml"
+MANIFESTS = sorted((PROJECT / "deploy" / "k8s").glob("*.yaml"))
+SOURCE = PROJECT / "src"
+
+# Lower-case names the runbook also quotes that are neither metrics nor events: PostgreSQL's own
+# (settings, views, functions), the service's tables, labels and values, and check names.
+NOT_OURS = {
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "max_connections",
+    "pg_stat_activity",
+    "pg_locks",
+    "pg_cancel_backend",
+    "pg_terminate_backend",
+    "application_name",
+    "idempotency_keys",
+    "alembic_version",
+    "histogram_quantile",
+    "database",
+    "schema",
+    "shutdown",
+    "upstream",
+    "outcome",
+    "method",
+    "route",
+    "status",
+    "why",
+    "ok",
+    "failed",
+    "timeout",
+    "unreachable",
+    "circuit_open",
+    "pool_timeout",
+    "budget",
+    "deadline",
+    "retry_after",
+    "stored",
+    "replay",
+    "conflict",
+    "mismatch",
+    "checks",
+    "request_id",
+    "trace_id",
+    "span_id",
+    "duration_ms",
+    "orders",
+    "type",
+}
+
+
+def exported_metrics(metrics_text: str) -> set[str]:
+    """Every sample name /metrics can carry, from its `# TYPE` lines (labelled series appear there
+    before their first sample)."""
+    names = set()
+    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", metrics_text, re.MULTILINE):
+        names.add(name)
+        suffixes = {"counter": ["_total", "_created"], "histogram": ["_bucket", "_sum", "_count", "_created"]}
+        names.update(name + suffix for suffix in suffixes.get(kind, []))
+    return names
+
+
+def log_events() -> set[str]:
+    """The event names the code logs: the first argument of log.info/warning/... (the second of log.log)."""
+    events = set()
+    for path in SOURCE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            if not (isinstance(node.func.value, ast.Name) and node.func.value.id == "log"):
+                continue
+            position = 1 if node.func.attr == "log" else 0
+            if len(node.args) > position and isinstance(node.args[position], ast.Constant):
+                events.add(str(node.args[position].value))
+    return events
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    return re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.fixture
+async def metric_names(client: httpx.AsyncClient) -> set[str]:
+    return exported_metrics((await client.get("/metrics")).text)
+
+
+async def test_every_metric_and_event_the_runbook_names_exists(metric_names: set[str]) -> None:
+    text = RUNBOOK.read_text()
+    named = {m.group(1) for m in re.finditer(r"`([a-z][a-z0-9_]*)(?:\{[^}`]*\})?`", text)}
+    named |= set(re.findall(r'\.event == "([a-z_]+)"', text))
+    events = log_events()
+    unknown = sorted(name for name in named if name not in metric_names | events | NOT_OURS)
+    assert unknown == [], f"the runbook names what the code does not have: {unknown}"
+    # And it does name the important ones.
+    assert {"http_server_requests_total", "circuit_breaker_state", "idempotency_outcomes_total"} <= named
+    assert {"http_request", "unhandled_exception", "circuit_state_changed", "shutdown_draining"} <= named
+
+
+async def test_alert_rules_use_exported_metrics_and_link_runbook_sections(metric_names: set[str]) -> None:
+    rules = [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
+    anchors = {anchor(line[3:]) for line in RUNBOOK.read_text().splitlines() if line.startswith("## ")}
+    functions = {"sum", "rate", "by", "and", "max", "histogram_quantile", "changes", "le", "upstream"}
+    for rule in rules:
+        identifiers = set(re.findall(r"\b([a-z_][a-z0-9_]*)\b(?=\s*[{(\[]|\s*\)|\s*$)", rule["expr"]))
+        series = {name for name in identifiers if "_" in name} - functions
+        assert series, rule["alert"]
+        assert series <= metric_names, (rule["alert"], series - metric_names)
+        link = rule["annotations"]["runbook"]
+        assert link.startswith("RUNBOOK.md#")
+        assert link.removeprefix("RUNBOOK.md#") in anchors, (rule["alert"], link)
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=[m.name for m in MANIFESTS])
+def test_kubernetes_manifests_pass_the_schemas(manifest: Path) -> None:
+    if manifest.name == "kustomization.yaml":
+        listed = yaml.safe_load(manifest.read_text())["resources"]
+        assert sorted(listed) == sorted(m.name for m in MANIFESTS if m.name != "kustomization.yaml")
+        return
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", str(manifest)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_deployment_drains_before_it_is_killed() -> None:
+    deployment = yaml.safe_load((PROJECT / "deploy" / "k8s" / "deployment.yaml").read_text())
+    config = yaml.safe_load((PROJECT / "deploy" / "k8s" / "configmap.yaml").read_text())["data"]
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    drain = float(config["SHUTDOWN_DELAY_S"]) + float(config["GRACEFUL_TIMEOUT_S"])
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + drain
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
