@@ -8,7 +8,7 @@ BUILD := build
 DEMO := $(BUILD)/orders-service
 
 .DEFAULT_GOAL := help
-.PHONY: help tools demo bake test lint clean
+.PHONY: help tools demo bake test lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -31,9 +31,12 @@ demo: bake  ## bake the default service and run it on embedded PostgreSQL
 test: .venv/.installed  ## bake every combination; lint and test each bake; run the default one
 	.venv/bin/pytest $(PYTEST_ARGS)
 
-lint: .venv/.installed  ## lint the template's own code (hooks, tests)
-	.venv/bin/ruff check hooks tests
-	.venv/bin/ruff format --check hooks tests
+lint: .venv/.installed  ## lint the template's own code (hooks, tests, bench)
+	.venv/bin/ruff check hooks tests bench
+	.venv/bin/ruff format --check hooks tests bench
+
+bench: .venv/.installed  ## what the standards cost vs bare FastAPI (installs wrk if it can)
+	.venv/bin/python bench/run.py $(BENCH_ARGS)
 
 clean:  ## remove bakes and the venv
 	rm -rf $(BUILD) .venv .pytest_cache

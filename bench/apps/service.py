@@ -1,0 +1,47 @@
+"""The baked service, as production runs it, plus two routes the comparison needs.
+
+Every request is traced (the SDK's default sampler samples all; spans leave through a batch
+processor to an exporter that drops them, standing in for a collector), logged (one JSON access
+line, to stdout) and metered. `/ping` is the trivial route; `POST /v1/orders-plain` is the
+example's POST without the Idempotency-Key machinery, for the idempotency ratio.
+"""
+
+from collections.abc import Sequence
+
+from fastapi import APIRouter, FastAPI, Response
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from orders_service.db.session import SessionDep
+from orders_service.main import create_app as create_service
+from orders_service.orders import service
+from orders_service.orders.inventory import InventoryDep
+from orders_service.orders.schemas import OrderCreate, OrderRead
+
+
+class DroppingExporter(SpanExporter):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+extra = APIRouter()
+
+
+@extra.get("/ping")
+async def ping() -> dict[str, bool]:
+    return {"ok": True}
+
+
+@extra.post("/v1/orders-plain", status_code=201)
+async def create_plain(
+    data: OrderCreate, session: SessionDep, inventory: InventoryDep, response: Response
+) -> OrderRead:
+    order = await service.create(session=session, inventory=inventory, data=data)
+    response.headers["Location"] = f"/v1/orders/{order.id}"
+    return OrderRead.model_validate(order)
+
+
+def create_app() -> FastAPI:
+    app = create_service()
+    app.state.tracer_provider.add_span_processor(BatchSpanProcessor(DroppingExporter()))
+    app.include_router(extra)
+    return app

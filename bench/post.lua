@@ -1,0 +1,13 @@
+-- wrk: POST an order; with IDEMPOTENT set, each request carries a fresh Idempotency-Key.
+wrk.method = "POST"
+wrk.body = '{"sku": "BENCH-1", "quantity": 1}'
+wrk.headers["Content-Type"] = "application/json"
+local counter = 0
+local prefix = tostring(math.random(1, 1e9))
+request = function()
+  counter = counter + 1
+  if os.getenv("IDEMPOTENT") == "1" then
+    wrk.headers["Idempotency-Key"] = prefix .. "-" .. counter
+  end
+  return wrk.format()
+end

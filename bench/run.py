@@ -1,0 +1,321 @@
+"""`make bench`: what the production standards cost, against bare FastAPI, measured in one run.
+
+Bakes the default service into build/bench, starts an embedded PostgreSQL, and runs uvicorn
+(one worker) pinned to CPU 0 with wrk pinned to CPU 1, in interleaved rounds:
+
+1. trivial route (`GET /ping`): bare FastAPI vs the service's full stack (request id, tracing at
+   100% through a batch processor, one JSON access line, metrics);
+2. database read (`GET /v1/orders/{id}`): bare FastAPI + SQLAlchemy vs the service;
+3. `POST /v1/orders` with an Idempotency-Key vs the same POST without idempotency (both the service);
+4. cold start, process start to `/ready` 200 (median), and the app's import time (median).
+
+Writes <out>/latest.json and <out>/latest.md and prints the ratios. Not a test: it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+TEMPLATE = Path(__file__).resolve().parents[1]
+BUILD = TEMPLATE / "build" / "bench"
+PROJECT = BUILD / "orders-service"
+PY = PROJECT / ".venv" / "bin" / "python"
+APPS = Path(__file__).resolve().parent
+SERVER_CPU, LOAD_CPU = "0", "1"
+
+TARGETS = {"trivial": 0.60, "db_read": 0.85, "idempotent_post": 0.70}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("bench: installing wrk from Debian's packages", file=sys.stderr)
+        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, capture_output=True)
+        found = shutil.which("wrk")
+    if not found:
+        sys.exit("bench: wrk is needed: `sudo apt-get install wrk` (Debian/Ubuntu) or `brew install wrk`")
+    return found
+
+
+def bake() -> None:
+    BUILD.mkdir(parents=True, exist_ok=True)
+    cookiecutter = TEMPLATE / ".venv" / "bin" / "cookiecutter"
+    subprocess.run(
+        [str(cookiecutter), "--no-input", "--overwrite-if-exists", "--output-dir", str(BUILD), str(TEMPLATE)],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(["make", "--no-print-directory", "install"], cwd=PROJECT, check=True, capture_output=True)
+
+
+def wait_http(url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} never answered 200")
+
+
+def start_database() -> tuple[subprocess.Popen[str], str]:
+    code = (
+        "import sys, time; from pathlib import Path; from orders_service.db import embedded; "
+        "print(embedded.start(Path('.data/postgres-bench')), flush=True); sys.stdin.read()"
+    )
+    process = subprocess.Popen(
+        [str(PY), "-c", code], cwd=PROJECT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    url = process.stdout.readline().strip()
+    return process, url
+
+
+def prepare_database(url: str) -> str:
+    env = os.environ | {"DATABASE_URL": url}
+    subprocess.run(
+        [str(PY), "-m", "orders_service", "migrate"], cwd=PROJECT, env=env, check=True, capture_output=True
+    )
+    seed = (
+        "import asyncio, asyncpg, os\n"
+        "async def main():\n"
+        "    c = await asyncpg.connect(os.environ['DATABASE_URL'])\n"
+        "    await c.execute('TRUNCATE orders, idempotency_keys')\n"
+        '    print(await c.fetchval("INSERT INTO orders (id, sku, quantity) VALUES '
+        "(gen_random_uuid(), 'SEED', 1) RETURNING id\"))\n"
+        "    await c.close()\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run(
+        [str(PY), "-c", seed], cwd=PROJECT, env=env, check=True, capture_output=True, text=True
+    )
+    return done.stdout.strip()
+
+
+def start_server(app: str, port: int, database_url: str) -> subprocess.Popen[str]:
+    env = os.environ | {
+        "DATABASE_URL": database_url,
+        "PYTHONPATH": str(APPS),
+        "LOG_LEVEL": "INFO",
+        "MIGRATIONS_DIR": str(PROJECT / "migrations"),
+    }
+    command = ["taskset", "-c", SERVER_CPU, str(PROJECT / ".venv" / "bin" / "uvicorn"), app, "--factory"]
+    command += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
+    return subprocess.Popen(
+        command, cwd=PROJECT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True
+    )
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk(
+    wrk_path: str, url: str, duration: float, connections: int, script: Path | None = None, **env: str
+) -> dict[str, float]:
+    command = [
+        "taskset",
+        "-c",
+        LOAD_CPU,
+        wrk_path,
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--latency",
+    ]
+    if script is not None:
+        command += ["-s", str(script)]
+    out = subprocess.run(
+        command + [url], capture_output=True, text=True, check=True, env=os.environ | env
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    latency = {}
+    for pct in ("50", "99"):
+        value, unit = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE).groups()  # type: ignore[union-attr]
+        latency[pct] = float(value) * _UNITS[unit]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": rps,
+        "p50_ms": latency["50"],
+        "p99_ms": latency["99"],
+        "non_2xx": float(errors.group(1)) if errors else 0.0,
+    }
+
+
+def cold_start(database_url: str) -> float:
+    port = free_port()
+    env = os.environ | {
+        "DATABASE_URL": database_url,
+        "PORT": str(port),
+        "SHUTDOWN_DELAY_S": "0",
+        "LOG_LEVEL": "WARNING",
+    }
+    began = time.perf_counter()
+    process = subprocess.Popen(
+        [str(PY), "-m", "orders_service", "serve"],
+        cwd=PROJECT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ready")
+        return time.perf_counter() - began
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def import_time() -> float:
+    code = "import time; t = time.perf_counter(); import orders_service.main; print(time.perf_counter() - t)"
+    done = subprocess.run([str(PY), "-c", code], cwd=PROJECT, capture_output=True, text=True, check=True)
+    return float(done.stdout.strip())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the median is reported)")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--cold-starts", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=APPS / "results")
+    args = parser.parse_args()
+
+    wrk_path = ensure_wrk()
+    bake()
+    database, database_url = start_database()
+    servers: list[subprocess.Popen[str]] = []
+    try:
+        order_id = prepare_database(database_url)
+        bare_port, service_port = free_port(), free_port()
+        servers.append(start_server("apps.bare:create_app", bare_port, database_url))
+        servers.append(start_server("apps.service:create_app", service_port, database_url))
+        bare, svc = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{service_port}"
+        wait_http(f"{bare}/ping")
+        wait_http(f"{svc}/ready")
+
+        post = APPS / "post.lua"
+        # name -> (baseline, candidate): each a (url, script, env) for wrk
+        pairs = {
+            "trivial": ((f"{bare}/ping", None, {}), (f"{svc}/ping", None, {})),
+            "db_read": (
+                (f"{bare}/v1/orders/{order_id}", None, {}),
+                (f"{svc}/v1/orders/{order_id}", None, {}),
+            ),
+            "idempotent_post": (
+                (f"{svc}/v1/orders-plain", post, {"IDEMPOTENT": "0"}),
+                (f"{svc}/v1/orders", post, {"IDEMPOTENT": "1"}),
+            ),
+        }
+        for baseline, candidate in pairs.values():  # warm-up: JIT-free, but caches, pools, plans
+            for url, script, env in (baseline, candidate):
+                wrk(wrk_path, url, min(2.0, args.duration), args.connections, script, **env)
+
+        runs: dict[str, dict[str, list[dict[str, float]]]] = {
+            n: {"baseline": [], "candidate": []} for n in pairs
+        }
+        for round_ in range(args.rounds):
+            for name, (baseline, candidate) in pairs.items():
+                order = [("baseline", baseline), ("candidate", candidate)]
+                for side, (url, script, env) in order if round_ % 2 == 0 else reversed(order):
+                    runs[name][side].append(
+                        wrk(wrk_path, url, args.duration, args.connections, script, **env)
+                    )
+
+        starts = [cold_start(database_url) for _ in range(args.cold_starts)]
+        imports = [import_time() for _ in range(max(3, args.cold_starts))]
+    finally:
+        for server in servers:
+            server.send_signal(signal.SIGTERM)
+        for server in servers:
+            server.wait(timeout=30)
+        if database.stdin:
+            database.stdin.close()
+        database.wait(timeout=60)
+
+    def median(values: list[dict[str, float]], key: str) -> float:
+        return round(statistics.median(value[key] for value in values), 2)
+
+    report: dict[str, object] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "method": f"uvicorn 1 worker on CPU {SERVER_CPU}, wrk -t1 -c{args.connections} on CPU {LOAD_CPU}, "
+        f"{args.rounds} interleaved rounds of {args.duration:g}s, medians",
+        "scenarios": {},
+        "cold_start_s": round(statistics.median(starts), 3),
+        "import_s": round(statistics.median(imports), 3),
+    }
+    for name, sides in runs.items():
+        entry = {
+            side: {key: median(values, key) for key in ("rps", "p50_ms", "p99_ms", "non_2xx")}
+            for side, values in sides.items()
+        }
+        entry["ratio"] = round(entry["candidate"]["rps"] / entry["baseline"]["rps"], 3)
+        entry["target"] = TARGETS[name]
+        report["scenarios"][name] = entry  # type: ignore[index]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown(report)
+    (args.out / "latest.md").write_text(table)
+    print(table)
+    return 0
+
+
+def markdown(report: dict[str, object]) -> str:
+    names = {
+        "trivial": ("trivial route `GET /ping`", "bare FastAPI", "full stack"),
+        "db_read": ("database read `GET /v1/orders/{id}`", "FastAPI + SQLAlchemy", "service"),
+        "idempotent_post": ("`POST /v1/orders`", "without idempotency", "with Idempotency-Key"),
+    }
+    lines = [
+        f"Measured {report['date']} on {report['machine']}; {report['method']}.",
+        "",
+        "| Scenario | Baseline | req/s | p50 ms | p99 ms | Candidate | req/s | p50 ms | p99 ms | Ratio | Target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in report["scenarios"].items():  # type: ignore[attr-defined]
+        title, baseline, candidate = names[name]
+        b, c = entry["baseline"], entry["candidate"]
+        lines.append(
+            f"| {title} | {baseline} | {b['rps']:.0f} | {b['p50_ms']} | {b['p99_ms']} | {candidate} | "
+            f"{c['rps']:.0f} | {c['p50_ms']} | {c['p99_ms']} | {entry['ratio']:.2f}x | >= {entry['target']:.2f}x |"
+        )
+    lines += [
+        "",
+        f"Cold start, process start to `/ready` 200 (median): {report['cold_start_s']} s (target <= 1.2 s). "
+        f"Import of the app: {report['import_s']} s.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
