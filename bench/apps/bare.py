@@ -8,6 +8,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
+from typing import Annotated, ClassVar
 
 from fastapi import Depends, FastAPI
 from pydantic import BaseModel
@@ -22,7 +23,7 @@ class Base(DeclarativeBase):
 
 class Order(Base):
     __tablename__ = "orders"
-    __mapper_args__ = {"eager_defaults": True}
+    __mapper_args__: ClassVar[dict[str, bool]] = {"eager_defaults": True}
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     sku: Mapped[str] = mapped_column(Text)
@@ -56,19 +57,20 @@ def create_app() -> FastAPI:
             yield s
 
     app = FastAPI()
+    Session = Annotated[AsyncSession, Depends(session)]
 
     @app.get("/ping")
     async def ping() -> dict[str, bool]:
         return {"ok": True}
 
     @app.get("/v1/orders/{order_id}")
-    async def get_order(order_id: uuid.UUID, s: AsyncSession = Depends(session)) -> OrderOut:
+    async def get_order(order_id: uuid.UUID, s: Session) -> OrderOut:
         order = await s.get(Order, order_id)
         assert order is not None
         return OrderOut.model_validate(order, from_attributes=True)
 
     @app.post("/v1/orders", status_code=201)
-    async def create_order(data: OrderIn, s: AsyncSession = Depends(session)) -> OrderOut:
+    async def create_order(data: OrderIn, s: Session) -> OrderOut:
         order = Order(sku=data.sku, quantity=data.quantity)
         s.add(order)
         await s.flush()
