@@ -152,7 +152,7 @@ def wrk(
     if script is not None:
         command += ["-s", str(script)]
     out = subprocess.run(
-        command + [url], capture_output=True, text=True, check=True, env=os.environ | env
+        [*command, url], capture_output=True, text=True, check=True, env=os.environ | env
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     latency = {}
