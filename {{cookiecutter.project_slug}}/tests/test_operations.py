@@ -66,6 +66,8 @@ NOT_OURS = {
     "orders",
     "type",
 }
+# The service's own names, which a one-word name makes look like an identifier.
+NOT_OURS.update(["{{ cookiecutter.project_slug }}", "{{ cookiecutter.package_name }}"])
 
 
 def exported_metrics(metrics_text: str) -> set[str]:

@@ -6,16 +6,19 @@ Job), never a side effect of serving: `/ready` reports a schema behind the head 
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
-
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
+from typing import TYPE_CHECKING
 
 from {{ cookiecutter.package_name }}.settings import Settings
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 
 def alembic_config(migrations_dir: Path, url: str | None = None, settings: Settings | None = None) -> Config:
+    from alembic.config import Config  # Alembic costs ~0.4 s of start-up: only the commands load it
+
     config = Config()
     config.set_main_option("script_location", str(migrations_dir))
     if url is not None:
@@ -26,18 +29,47 @@ def alembic_config(migrations_dir: Path, url: str | None = None, settings: Setti
     return config
 
 
+def _chain(migrations_dir: Path) -> dict[str, tuple[str, ...]]:
+    """Each revision of `versions/` and the revisions it revises, read from the files' top-level
+    `revision` and `down_revision` without importing Alembic: `/ready` needs them at start-up,
+    and Alembic's import would be most of that start-up. A test holds this to Alembic's reading."""
+    chain = {}
+    for path in sorted((migrations_dir / "versions").glob("*.py")):
+        values: dict[str, object] = {}
+        for node in ast.parse(path.read_text(), str(path)).body:
+            target: ast.expr
+            if isinstance(node, ast.AnnAssign) and node.value is not None:
+                target, value = node.target, node.value
+            elif isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target, value = node.targets[0], node.value
+            else:
+                continue
+            if isinstance(target, ast.Name) and target.id in {"revision", "down_revision"}:
+                values[target.id] = ast.literal_eval(value)
+        revision, down = values.get("revision"), values.get("down_revision")
+        if isinstance(revision, str):
+            downs = (
+                (down,) if isinstance(down, str) else tuple(down) if isinstance(down, tuple | list) else ()
+            )
+            chain[revision] = tuple(str(d) for d in downs)
+    return chain
+
+
 def expected_heads(migrations_dir: Path) -> frozenset[str]:
     """The revision(s) this code's models expect the database to be at."""
     if not (migrations_dir / "env.py").is_file():
         raise FileNotFoundError(f"MIGRATIONS_DIR={migrations_dir} holds no Alembic environment (env.py)")
-    return frozenset(ScriptDirectory.from_config(alembic_config(migrations_dir)).get_heads())
+    chain = _chain(migrations_dir)
+    revised = {down for downs in chain.values() for down in downs}
+    return frozenset(chain) - revised
 
 
 def known_revisions(migrations_dir: Path) -> frozenset[str]:
     """Every revision this code ships: a database at one it does not know is ahead of it."""
-    script = ScriptDirectory.from_config(alembic_config(migrations_dir))
-    return frozenset(revision.revision for revision in script.walk_revisions())
+    return frozenset(_chain(migrations_dir))
 
 
 def upgrade(migrations_dir: Path, url: str, revision: str = "head", settings: Settings | None = None) -> None:
+    from alembic import command
+
     command.upgrade(alembic_config(migrations_dir, url, settings), revision)
