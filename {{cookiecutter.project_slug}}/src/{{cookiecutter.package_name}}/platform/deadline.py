@@ -13,21 +13,32 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from contextvars import Token
 
 # Absolute time on the monotonic clock when the current request's budget runs out.
 _expires_at: ContextVar[float | None] = ContextVar("deadline_expires_at", default=None)
 
 
+def start(seconds: float) -> Token[float | None]:
+    """Give the current context `seconds` from now (a deadline already set can only shorten);
+    `reset` with the token ends it. The middleware's form: no context-manager object per request."""
+    expires = time.monotonic() + seconds
+    current = _expires_at.get()
+    return _expires_at.set(expires if current is None else min(current, expires))
+
+
+def reset(token: Token[float | None]) -> None:
+    _expires_at.reset(token)
+
+
 @contextmanager
 def scope(seconds: float) -> Iterator[None]:
     """Give the code inside `seconds` from now; a nested scope can only shorten the deadline."""
-    expires = time.monotonic() + seconds
-    current = _expires_at.get()
-    token = _expires_at.set(expires if current is None else min(current, expires))
+    token = start(seconds)
     try:
         yield
     finally:
-        _expires_at.reset(token)
+        reset(token)
 
 
 def remaining(default: float) -> float:

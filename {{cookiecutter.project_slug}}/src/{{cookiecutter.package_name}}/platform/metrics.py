@@ -33,6 +33,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.requests = Counter(
             "http_server_requests",
             "HTTP requests handled, by method, route template and status.",
@@ -91,9 +92,17 @@ class Metrics:
         )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        status_label = str(status)
-        self.requests.labels(method, route, status_label).inc()
-        self.latency.labels(method, route, status_label).observe(seconds)
+        # The labelled children, cached: `labels()` costs a lock and a tuple of strings per call,
+        # and this runs on every request. Routes are templates, so the cache stays small.
+        children = self._children.get((method, route, status))
+        if children is None:
+            labels = (method, route, str(status))
+            children = self._children[(method, route, status)] = (
+                self.requests.labels(*labels),
+                self.latency.labels(*labels),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def watch_pool(self, engine: AsyncEngine) -> None:
         self.registry.register(_PoolCollector(engine))

@@ -15,10 +15,10 @@ the request in the metrics.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import time
-from uuid import uuid4
 
 import structlog
 from opentelemetry import context as otel_context
@@ -28,7 +28,6 @@ from opentelemetry.trace import SpanKind
 from opentelemetry.trace import Status
 from opentelemetry.trace import StatusCode
 from starlette.datastructures import Headers
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp
 from starlette.types import Message
 from starlette.types import Receive
@@ -73,7 +72,7 @@ class RequestContextMiddleware:
         headers = Headers(scope=scope)
         request_id = headers.get(REQUEST_ID_HEADER, "")
         if not _SAFE_REQUEST_ID.fullmatch(request_id):
-            request_id = uuid4().hex
+            request_id = os.urandom(16).hex()  # as unique as a uuid4, at a quarter of its cost
         # A copy: `request.state` must be this request's alone. uvicorn copies the lifespan state per
         # request, but not every server (or test transport) does.
         scope["state"] = {**scope.get("state", {}), "request_id": request_id}
@@ -100,7 +99,8 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+                # Appended as raw bytes: the app never sets X-Request-ID itself, so no lookup.
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
             await send(message)
 
         structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -109,8 +109,11 @@ class RequestContextMiddleware:
             if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
                 await self._too_large(request_id, send_with_context)
             else:
-                with deadline.scope(self.request_timeout_s):
+                deadline_token = deadline.start(self.request_timeout_s)
+                try:
                     await self.app(scope, self._limited(receive), send_with_context)
+                finally:
+                    deadline.reset(deadline_token)
         except errors.PayloadTooLarge:
             # Only reached when a route reads the body itself; FastAPI's parsing answers it first.
             if not response_started:
@@ -125,8 +128,7 @@ class RequestContextMiddleware:
             duration = time.perf_counter() - started
             if span.is_recording():
                 span.update_name(f"{method} {route}")
-                span.set_attribute("http.route", route)
-                span.set_attribute("http.response.status_code", status)
+                span.set_attributes({"http.route": route, "http.response.status_code": status})
                 if status >= 500:
                     span.set_status(Status(StatusCode.ERROR))
             log.info(
