@@ -77,7 +77,7 @@ def create_app() -> FastAPI:
         return OrderOut.model_validate(order, from_attributes=True)
 
     # First in the route table, as in the service's benchmark app (see apps/service.py).
-    ping = next(route for route in app.router.routes if getattr(route, "path", None) == "/ping")
-    app.router.routes.remove(ping)
-    app.router.routes.insert(0, ping)
+    first = next(route for route in app.router.routes if getattr(route, "path", None) == "/ping")
+    app.router.routes.remove(first)
+    app.router.routes.insert(0, first)
     return app
