@@ -47,11 +47,15 @@ class Crash(Exception):
 
 # Crashes left to inject: the effect's handler raises after its write while this is above zero.
 CRASHES = {"left": 0}
+# Seconds the next handler waits before its first statement (read when the handler starts).
+PAUSE_BEFORE_WRITE = {"s": 0.0}
 
 
 @router.post("/effects", status_code=201, dependencies=[RequireIdempotencyKey])
 async def make_effect(request: Request, session: SessionDep, response: Response) -> dict[str, Any]:
     body = await request.json()
+    pause, PAUSE_BEFORE_WRITE["s"] = PAUSE_BEFORE_WRITE["s"], 0.0
+    await asyncio.sleep(pause)
     effect_id = str(uuid4())
     await session.execute(
         text("INSERT INTO idempotency_effects (id, note) VALUES (:id, :note)"),
@@ -197,6 +201,25 @@ async def test_a_crash_before_the_commit_leaves_nothing_and_the_retry_takes_effe
     assert again.content == first.content
     assert await effects(app) == 1
     assert await records(app) == 1
+
+
+async def test_a_retry_that_missed_the_stored_answer_still_takes_no_second_effect(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """The race the lock-free lookup leaves open: B looks the key up while A is in flight, and
+    takes the lock after A committed. B's store then finds A's row: B's write rolls back and B
+    gets A's answer."""
+    body = {"n": 1, "linger_s": 0.3}
+    first = asyncio.create_task(post(client, body, "key-race"))
+    await asyncio.sleep(0.1)  # A holds the key
+    PAUSE_BEFORE_WRITE["s"] = 0.5  # B: looks up now (miss), writes after A has committed
+    second = await post(client, body, "key-race")
+    original = await first
+    assert original.status_code == 201
+    assert second.status_code == 201
+    assert second.headers["idempotent-replayed"] == "true"
+    assert second.content == original.content
+    assert await effects(app) == 1
 
 
 async def test_keys_are_scoped_by_principal(app: FastAPI, client: httpx.AsyncClient) -> None:

@@ -14,11 +14,14 @@ A route opts in with one declaration, `dependencies=[RequireIdempotencyKey]`, on
    path, query and canonical JSON body) differs, 422. This lookup takes no lock.
 3. Otherwise the handler runs. At the first statement of its transaction, a PostgreSQL advisory
    lock on the key's scope is taken without waiting (held by another request: the key is in
-   flight, 409 with `Retry-After`), and the lookup is repeated under it. The lock lives in the
-   database, so it holds across processes and replicas, and is released when the transaction
-   ends, whatever ends it. Work before the first statement (an upstream call) holds no connection.
+   flight, 409 with `Retry-After`). The lock lives in the database, so it holds across processes
+   and replicas, and is released when the transaction ends, whatever ends it. Work before the
+   first statement (an upstream call) holds no connection.
 4. The response the handler returns is stored in the same transaction as its effect: both
-   commit, or neither. The guarantee covers effects in this database.
+   commit, or neither. The store replaces only an expired record: if another request with the
+   key committed between step 2 and the lock, the store finds its row, this transaction rolls
+   back (its effect with it) and the other's answer is replayed. So an effect commits once.
+   The guarantee covers effects in this database.
 
 What is stored: every response the handler returns with a status below 500. Not stored: validation
 failures before the handler, errors the handler raises (problem+json 4xx) and every 5xx or crash:
@@ -67,7 +70,6 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import SessionTransaction
@@ -152,11 +154,9 @@ class _Claim:
         self.fingerprint = fingerprint
         self.expires_at = expires_at
         self.metrics = metrics
-        event.listen(session.sync_session, "after_begin", self._lock_and_check, once=True)
+        event.listen(session.sync_session, "after_begin", self._lock, once=True)
 
-    def _lock_and_check(
-        self, _session: Session, _transaction: SessionTransaction, connection: Connection
-    ) -> None:
+    def _lock(self, _session: Session, _transaction: SessionTransaction, connection: Connection) -> None:
         lock_name = "\x1f".join(self.identity.values())
         locked = connection.scalar(
             select(func.pg_try_advisory_xact_lock(func.hashtextextended(lock_name, 0)))
@@ -168,11 +168,6 @@ class _Claim:
                 "A request with this Idempotency-Key is still in progress; retry later.",
                 headers={"Retry-After": "1"},
             )
-        # A new statement, so a new snapshot (READ COMMITTED): it sees what the lock's previous
-        # holder committed before it let go.
-        record = connection.execute(_lookup(self.identity)).first()
-        if record is not None:
-            raise _outcome(record, self.fingerprint, self.metrics, self.identity)
 
     async def store(self, response: Response) -> None:
         headers = {name: response.headers[name] for name in STORED_HEADERS if name in response.headers}
@@ -185,15 +180,19 @@ class _Claim:
             "expires_at": self.expires_at,
         }
         new = insert(IdempotencyRecord).values(values)
-        # Only an expired record of the key may be replaced: a live one means the lock failed us,
-        # and overwriting it would hide a second effect.
+        # Only an expired record of the key may be replaced. A live one is another request's,
+        # committed after this one's lock-free lookup and before it took the lock: this request's
+        # effect must not commit. Its answer is raised (its transaction rolls back) instead.
         upsert = new.on_conflict_do_update(
             index_elements=["principal", "method", "route", "key"],
             set_={name: new.excluded[name] for name in values if name not in self.identity},
             where=IdempotencyRecord.expires_at <= func.now(),
         ).returning(IdempotencyRecord.key)
         if (await self.session.execute(upsert)).first() is None:
-            raise RuntimeError("a live idempotency record changed while its key was locked")
+            record = (await self.session.execute(_lookup(self.identity))).first()
+            if record is None:
+                raise RuntimeError("an idempotency record conflicted but cannot be read")
+            raise _outcome(record, self.fingerprint, self.metrics, self.identity)
         self.metrics.idempotency.labels("stored").inc()
 
 
@@ -289,11 +288,13 @@ async def _require_key(
         request.method, request.url.path, request.url.query, await request.body()
     )
 
-    # The common retry, a replay, is answered here without a lock, in a short transaction of its
-    # own. A miss proves nothing yet: the claim checks again under the lock.
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
-    async with sessionmaker() as lookup:
-        record = (await lookup.execute(_lookup(identity))).first()
+    # The common retry, a replay, is answered here: one statement on a pooled connection in
+    # autocommit (no transaction to open or close), no lock. A miss proves nothing yet: storing
+    # the answer checks again, atomically, against the key's row.
+    engine: AsyncEngine = request.app.state.engine
+    async with engine.connect() as connection:
+        autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        record = (await autocommit.execute(_lookup(identity))).first()
     if record is not None:
         raise _outcome(record, request_fingerprint, metrics, identity)
 
