@@ -1,0 +1,39 @@
+"""`make bench` runs end to end (tiny durations): it is a benchmark, so this checks it works,
+not what it measures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from tests.conftest import TEMPLATE
+
+
+def test_make_bench_runs_and_reports_every_scenario(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "bench",
+            f"BENCH_ARGS=--duration 1 --rounds 1 --cold-starts 1 --out {tmp_path}",
+        ],
+        cwd=TEMPLATE,
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((tmp_path / "latest.json").read_text())
+    assert set(report["scenarios"]) == {"trivial", "db_read", "idempotent_post"}
+    for name, entry in report["scenarios"].items():
+        for side in ("baseline", "candidate"):
+            assert entry[side]["rps"] > 0, name
+            assert entry[side]["non_2xx"] == 0, (name, side)
+        assert entry["ratio"] > 0
+    assert report["cold_start_s"] > 0
+    assert report["cold_start_bare_s"] > 0
+    assert "| trivial route" in (tmp_path / "latest.md").read_text()
