@@ -13,6 +13,7 @@ import os
 from collections.abc import AsyncIterator
 from collections.abc import Callable
 from collections.abc import Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,15 @@ def empty_database_url(database_url: URL) -> URL:
 def make_settings(url: URL | str, **overrides: Any) -> Settings:
     raw = url.render_as_string(hide_password=False) if isinstance(url, URL) else url
     return Settings(database_url=raw, migrations_dir=MIGRATIONS, **overrides)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A client on `app` with its lifespan running, on the app's real engine (commits are real)."""
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
 
 
 @pytest.fixture

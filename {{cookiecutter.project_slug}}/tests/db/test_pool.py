@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
-from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
@@ -11,6 +9,7 @@ from {{ cookiecutter.package_name }}.db.session import SessionDep
 from {{ cookiecutter.package_name }}.main import create_app
 
 from tests.conftest import make_settings
+from tests.conftest import serving
 
 
 async def test_an_exhausted_pool_answers_503_instead_of_hanging(database_url: URL) -> None:
@@ -27,14 +26,12 @@ async def test_an_exhausted_pool_answers_503_instead_of_hanging(database_url: UR
     async def query(session: SessionDep) -> dict[str, int]:
         return {"one": int(await session.scalar(text("SELECT 1")) or 0)}
 
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            holder = asyncio.create_task(client.get("/hold"))
-            await asyncio.sleep(0.1)
-            response = await asyncio.wait_for(client.get("/query"), timeout=5)
-            release.set()
-            assert (await holder).status_code == 200
+    async with serving(app) as client:
+        holder = asyncio.create_task(client.get("/hold"))
+        await asyncio.sleep(0.1)
+        response = await asyncio.wait_for(client.get("/query"), timeout=5)
+        release.set()
+        assert (await holder).status_code == 200
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["type"] == "/problems/database-busy"

@@ -3,90 +3,43 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 
 import httpx
-import pytest
-from asgi_lifespan import LifespanManager
 from sqlalchemy.engine import URL
 
 from {{ cookiecutter.package_name }}.main import create_app
 
-from tests.conftest import MIGRATIONS
-from tests.conftest import PROJECT
 from tests.conftest import make_settings
+from tests.conftest import serving
 from tests.orders.conftest import count_and_clean
+from tests.service import running
 from tests.upstream import Reply
 from tests.upstream import ScriptedUpstream
-from tests.upstream import closed_port
 
 ORDER = {"sku": "SKU-1", "quantity": 1}
 
 
 async def test_fifty_concurrent_retries_in_process_create_one_order(committed: URL) -> None:
-    app = create_app(make_settings(committed))
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            responses = await asyncio.gather(
-                *(
-                    client.post("/v1/orders", json=ORDER, headers={"Idempotency-Key": "storm"})
-                    for _ in range(50)
-                )
-            )
+    async with serving(create_app(make_settings(committed))) as client:
+        responses = await asyncio.gather(
+            *(client.post("/v1/orders", json=ORDER, headers={"Idempotency-Key": "storm"}) for _ in range(50))
+        )
     assert await count_and_clean(committed) == 1
     assert {response.status_code for response in responses} <= {201, 409}
     created = {response.json()["id"] for response in responses if response.status_code == 201}
     assert len(created) == 1
 
 
-@pytest.fixture
-def server(committed: URL) -> Iterator[str]:
-    """The service as a real process with three workers, on a free port."""
-    port = closed_port()
-    env = os.environ | {
-        "DATABASE_URL": committed.render_as_string(hide_password=False),
-        "PORT": str(port),
-        "WORKERS": "3",
-        "MIGRATIONS_DIR": str(MIGRATIONS),
-        "LOG_LEVEL": "WARNING",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve"],
-        cwd=PROJECT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("the server did not become ready")
-        yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-
-
-async def test_fifty_concurrent_retries_across_worker_processes_create_one_order(
-    server: str, committed: URL
-) -> None:
-    async with httpx.AsyncClient(base_url=server, timeout=10) as client:
-        responses = await asyncio.gather(
-            *(client.post("/v1/orders", json=ORDER, headers={"Idempotency-Key": "storm"}) for _ in range(50))
-        )
+async def test_fifty_concurrent_retries_across_worker_processes_create_one_order(committed: URL) -> None:
+    with running(committed.render_as_string(hide_password=False), WORKERS="3") as service:
+        async with httpx.AsyncClient(base_url=service.base, timeout=10) as client:
+            responses = await asyncio.gather(
+                *(
+                    client.post("/v1/orders", json=ORDER, headers={"Idempotency-Key": "storm"})
+                    for _ in range(50)
+                )
+            )
     statuses = [response.status_code for response in responses]
     assert await count_and_clean(committed) == 1
     assert set(statuses) <= {201, 409}
@@ -109,20 +62,18 @@ async def test_idempotent_posts_hold_no_connection_while_the_upstream_answers(co
                 db_pool_timeout_s=1.0,
             )
         )
-        async with LifespanManager(app) as manager:
-            transport = httpx.ASGITransport(app=manager.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-                posts = [
-                    asyncio.create_task(
-                        client.post("/v1/orders", json=ORDER, headers={"Idempotency-Key": f"k-{n}"})
-                    )
-                    for n in range(8)
-                ]
-                await asyncio.sleep(0.2)  # every POST is now waiting on the inventory service
-                began = time.monotonic()
-                read = await client.get("/v1/orders")
-                read_took = time.monotonic() - began
-                created = await asyncio.gather(*posts)
+        async with serving(app) as client:
+            posts = [
+                asyncio.create_task(
+                    client.post("/v1/orders", json=ORDER, headers={"Idempotency-Key": f"k-{n}"})
+                )
+                for n in range(8)
+            ]
+            await asyncio.sleep(0.2)  # every POST is now waiting on the inventory service
+            began = time.monotonic()
+            read = await client.get("/v1/orders")
+            read_took = time.monotonic() - began
+            created = await asyncio.gather(*posts)
     assert read.status_code == 200
     assert read_took < 0.5
     assert [response.status_code for response in created] == [201] * 8

@@ -15,6 +15,7 @@ from {{ cookiecutter.package_name }}.main import create_app
 from tests.conftest import TEST_DATABASE
 from tests.conftest import make_settings
 from tests.conftest import recreate
+from tests.conftest import serving
 from tests.upstream import Reply
 from tests.upstream import ScriptedUpstream
 
@@ -22,11 +23,8 @@ AHEAD = f"{TEST_DATABASE}_ahead"
 
 
 async def _get(settings_url: URL | str, path: str) -> httpx.Response:
-    app = create_app(make_settings(settings_url, ready_timeout_s=2.0))
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            return await client.get(path)
+    async with serving(create_app(make_settings(settings_url, ready_timeout_s=2.0))) as client:
+        return await client.get(path)
 
 
 async def test_health_is_ok_without_checking_dependencies() -> None:
