@@ -17,6 +17,11 @@ breakers, graceful degradation). Tuned by `REQUEST_TIMEOUT_S` (the deadline), `H
    remain, the breaker is not open, the retry budget has a token, and the wait ends before the deadline.
 5. Otherwise the caller gets `UpstreamTimeout` (504) or `UpstreamUnavailable` (503).
 
+Breakers are per process. Sharing their state across replicas through pybreaker's Redis storage
+(`REDIS_URL`) is deliberately not wired in: that storage is synchronous, so every admission would
+block the event loop on Redis round trips; per-replica breakers open within BREAKER_FAIL_MAX
+failures each, which bounds a failing upstream's extra load to that many calls per replica.
+
 `asyncio.CancelledError` is never counted: it is neither a success nor a failure. Neither is a
 timeout that our own deadline caused, nor a full connection pool of our own: the breaker counts
 only what the upstream did. A `Retry-After` longer than the cap ends the retries and is passed on.
