@@ -106,10 +106,11 @@ def pin_database() -> None:
     """PostgreSQL on the load generator's CPU, not the server's: the server's core measures the
     server alone. Backends forked later inherit the postmaster's affinity."""
     data_dir = str(PROJECT / ".data" / "postgres-bench")
-    listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
-    for line in listing.splitlines()[1:]:
-        pid, _, command = line.strip().partition(" ")
-        if "postgres" in command and data_dir in command:
+    listing = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True)
+    processes = [line.split(None, 2) for line in listing.stdout.splitlines() if len(line.split(None, 2)) == 3]
+    postmasters = {pid for pid, _, command in processes if "postgres" in command and data_dir in command}
+    for pid, ppid, _ in processes:
+        if pid in postmasters or ppid in postmasters:
             subprocess.run(["taskset", "-a", "-p", "-c", LOAD_CPU, pid], capture_output=True, check=False)
 
 
