@@ -22,6 +22,8 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
     "long-name": {
         "project_name": "Warehouse Stock Reconciliation Service",
         "package_name": "warehouse_stock_reconciliation_service_x",
+        "slo_availability": "99.95",
+        "slo_latency_p99_ms": "250",
     },
 }
 

@@ -14,11 +14,13 @@ import httpx
 import pytest
 import yaml
 
+from {{ cookiecutter.package_name }}.platform.metrics import Metrics
+
 from tests.conftest import PROJECT
 
 RUNBOOK = PROJECT / "RUNBOOK.md"
 ALERTS = PROJECT / "deploy" / "prometheus" / "alerts.yaml"
-MANIFESTS = sorted((PROJECT / "deploy" / "k8s").glob("*.yaml"))
+MANIFESTS = sorted((PROJECT / "deploy" / "k8s").rglob("*.yaml"))
 SOURCE = PROJECT / "src"
 
 # Lower-case names the runbook also quotes that are neither metrics nor events: PostgreSQL's own
@@ -121,22 +123,50 @@ async def test_every_metric_and_event_the_runbook_names_exists(metric_names: set
 async def test_alert_rules_use_exported_metrics_and_link_runbook_sections(metric_names: set[str]) -> None:
     rules = [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
     anchors = {anchor(line[3:]) for line in RUNBOOK.read_text().splitlines() if line.startswith("## ")}
-    functions = {"sum", "rate", "by", "and", "max", "histogram_quantile", "changes", "le", "upstream"}
+    functions = {
+        "sum",
+        "rate",
+        "by",
+        "and",
+        "max",
+        "histogram_quantile",
+        "changes",
+        "absent",
+        "le",
+        "upstream",
+    }
+    # Labels a matcher may use: the service's own, plus what Prometheus adds (job) and `le`.
+    labels = {
+        name for metric in Metrics().registry.collect() for sample in metric.samples for name in sample.labels
+    }
+    labels |= {
+        name for collector in Metrics().__dict__.values() for name in getattr(collector, "_labelnames", ())
+    }
+    labels |= {"job", "le"}
     for rule in rules:
         identifiers = set(re.findall(r"\b([a-z_][a-z0-9_]*)\b(?=\s*[{(\[]|\s*\)|\s*$)", rule["expr"]))
-        series = {name for name in identifiers if "_" in name} - functions
+        series = {name for name in identifiers if "_" in name or name == "up"} - functions
         assert series, rule["alert"]
-        assert series <= metric_names, (rule["alert"], series - metric_names)
+        assert series <= metric_names | {"up"}, (rule["alert"], series - metric_names)
+        matchers = {
+            m
+            for block in re.findall(r"\{([^}]*)\}", rule["expr"])
+            for m in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", block)
+        }
+        assert matchers <= labels, (rule["alert"], matchers - labels)
         link = rule["annotations"]["runbook"]
         assert link.startswith("RUNBOOK.md#")
         assert link.removeprefix("RUNBOOK.md#") in anchors, (rule["alert"], link)
 
 
-@pytest.mark.parametrize("manifest", MANIFESTS, ids=[m.name for m in MANIFESTS])
+@pytest.mark.parametrize(
+    "manifest", MANIFESTS, ids=[str(m.relative_to(PROJECT / "deploy")) for m in MANIFESTS]
+)
 def test_kubernetes_manifests_pass_the_schemas(manifest: Path) -> None:
     if manifest.name == "kustomization.yaml":
         listed = yaml.safe_load(manifest.read_text())["resources"]
-        assert sorted(listed) == sorted(m.name for m in MANIFESTS if m.name != "kustomization.yaml")
+        beside = [m.name for m in manifest.parent.glob("*.yaml") if m.name != "kustomization.yaml"]
+        assert sorted(listed) == sorted(beside)
         return
     result = subprocess.run(
         [str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", str(manifest)],

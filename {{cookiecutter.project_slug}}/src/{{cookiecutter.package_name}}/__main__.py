@@ -117,4 +117,7 @@ def _with_database(settings: Settings) -> Settings:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down cleanly; no traceback for that
+        sys.exit(130)

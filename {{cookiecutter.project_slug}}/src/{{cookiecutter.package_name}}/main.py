@@ -90,7 +90,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await engine.dispose()
             await probe_engine.dispose()
             if tracer_provider is not None:
-                tracer_provider.shutdown()  # flushes spans still in the batch
+                # Flushes the spans still in the batch; blocking (up to OTEL_BSP_EXPORT_TIMEOUT),
+                # so off the event loop.
+                await asyncio.to_thread(tracer_provider.shutdown)
             log.info("service_stopped", service=settings.service_name)
 
     app = FastAPI(

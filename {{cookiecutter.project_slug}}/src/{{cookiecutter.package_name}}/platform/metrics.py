@@ -26,8 +26,12 @@ from sqlalchemy.pool import QueuePool
 from starlette.requests import Request
 from starlette.responses import Response
 
-# Seconds; spans the SLO (p99 {{ cookiecutter.slo_latency_p99_ms }} ms) with room on both sides.
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Seconds. The SLO's threshold (p99 {{ cookiecutter.slo_latency_p99_ms }} ms) is a boundary itself,
+# so "above the SLO" is counted exactly rather than interpolated between two buckets.
+SLO_LATENCY_S = {{ (cookiecutter.slo_latency_p99_ms | float / 1000) | round(6) }}
+LATENCY_BUCKETS = tuple(
+    sorted({0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, SLO_LATENCY_S})
+)
 
 
 class Metrics:

@@ -36,6 +36,7 @@ from starlette.types import Send
 
 from {{ cookiecutter.package_name }}.platform import deadline
 from {{ cookiecutter.package_name }}.platform import errors
+from {{ cookiecutter.package_name }}.platform import shutdown
 from {{ cookiecutter.package_name }}.platform.metrics import Metrics
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -100,7 +101,10 @@ class RequestContextMiddleware:
                 response_started = True
                 status = message["status"]
                 # Appended as raw bytes: the app never sets X-Request-ID itself, so no lookup.
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
+                headers = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
+                if shutdown.is_draining():  # kept-alive clients must reconnect elsewhere
+                    headers.append((b"connection", b"close"))
+                message["headers"] = headers
             await send(message)
 
         structlog.contextvars.bind_contextvars(request_id=request_id)

@@ -8,12 +8,14 @@ On SIGTERM, in order:
    `SHUTDOWN_DELAY_S`: load balancers and Kubernetes endpoints notice and stop routing here.
 2. The server stops accepting connections; requests in flight get `GRACEFUL_TIMEOUT_S` to finish.
 3. The lifespan's shutdown closes the database pool and the HTTP clients; the process exits 0.
-A second SIGTERM (or Ctrl-C) skips the delay. With `WORKERS` above 1 uvicorn's supervisor
+While draining, responses carry `Connection: close`, so kept-alive clients reconnect (to a pod
+that is routed to) instead of staying on this one. A second SIGTERM, or Ctrl-C, skips the delay. With `WORKERS` above 1 uvicorn's supervisor
 signals the workers itself and the delay does not apply: in Kubernetes, scale with replicas.
 """
 
 from __future__ import annotations
 
+import signal
 import time
 from types import FrameType
 
@@ -41,7 +43,8 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         global _draining
-        if self._drain_until is None and not self.should_exit and self.delay_s > 0:
+        # Only SIGTERM drains (what an orchestrator sends); Ctrl-C stops at once.
+        if sig == signal.SIGTERM and self._drain_until is None and not self.should_exit and self.delay_s > 0:
             # In a signal handler: set state only (no logging: its lock may be held right now).
             _draining = True
             self._drain_until = time.monotonic() + self.delay_s
