@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command")
     serve = commands.add_parser("serve", help="serve HTTP (the default)")
     serve.add_argument("--migrate", action="store_true", help="upgrade the schema first (development)")
-    commands.add_parser("migrate", help="upgrade the schema to head and exit")
+    migrate = commands.add_parser("migrate", help="upgrade the schema to head and exit")
+    migrate.add_argument("--downgrade", metavar="REVISION", help="downgrade to REVISION instead (a rollback)")
     commands.add_parser("purge-idempotency-keys", help="delete expired idempotency records and exit")
     args = parser.parse_args(argv)
 
@@ -52,7 +53,12 @@ def main(argv: list[str] | None = None) -> int:
 
     url = settings.database_async_url()
     assert url is not None
-    if args.command == "migrate" or getattr(args, "migrate", False):
+    if args.command == "migrate" and args.downgrade:
+        migrations.downgrade(
+            settings.migrations_dir, url.render_as_string(hide_password=False), args.downgrade
+        )
+        log.info("migrations_downgraded", revision=args.downgrade)
+    elif args.command == "migrate" or getattr(args, "migrate", False):
         migrations.upgrade(
             settings.migrations_dir, url.render_as_string(hide_password=False), settings=settings
         )

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from {{ cookiecutter.package_name }}.db import migrations
 
 from tests.conftest import MIGRATIONS
+from tests.conftest import PROJECT
 from tests.conftest import TEST_DATABASE
 from tests.conftest import recreate
 
@@ -122,3 +127,21 @@ def test_the_chain_read_without_alembic_matches_alembic(tmp_path: Path) -> None:
         == frozenset(ScriptDirectory.from_config(migrations.alembic_config(copy)).get_heads())
         == {"branch_a", "branch_b"}
     )
+
+
+def test_the_migrate_command_downgrades_to_a_revision_and_back(scratch_url: str) -> None:
+    """The rollback the runbook gives: `python -m <package> migrate --downgrade <revision>`."""
+    env = os.environ | {
+        "DATABASE_URL": scratch_url,
+        "MIGRATIONS_DIR": str(MIGRATIONS),
+        "LOG_LEVEL": "WARNING",
+    }
+    command = [sys.executable, "-m", "{{ cookiecutter.package_name }}", "migrate"]
+    heads = ScriptDirectory.from_config(migrations.alembic_config(MIGRATIONS)).get_heads()
+    run = functools.partial(subprocess.run, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=120)
+    assert run(command).returncode == 0
+    assert run([*command, "--downgrade", "0001_initial"]).returncode == 0
+    assert asyncio.run(_tables(scratch_url)) == set()
+    assert run(command).returncode == 0
+    assert asyncio.run(_schema(scratch_url))  # back at head
+    assert migrations.expected_heads(MIGRATIONS) == frozenset(heads)

@@ -73,3 +73,9 @@ def upgrade(migrations_dir: Path, url: str, revision: str = "head", settings: Se
     from alembic import command
 
     command.upgrade(alembic_config(migrations_dir, url, settings), revision)
+
+
+def downgrade(migrations_dir: Path, url: str, revision: str) -> None:
+    from alembic import command
+
+    command.downgrade(alembic_config(migrations_dir, url), revision)
