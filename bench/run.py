@@ -186,28 +186,33 @@ def wrk(
     }
 
 
-def cold_start(database_url: str) -> float:
-    port = free_port()
-    env = os.environ | {
-        "DATABASE_URL": database_url,
-        "PORT": str(port),
-        "SHUTDOWN_DELAY_S": "0",
-        "LOG_LEVEL": "WARNING",
-    }
+def time_to_200(command: list[str], path: str, port: int, **env: str) -> float:
+    """Seconds from starting `command` to the first 200 on `path`; the process is then stopped."""
     began = time.perf_counter()
     process = subprocess.Popen(
-        [str(PY), "-m", "orders_service", "serve"],
-        cwd=PROJECT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        command, cwd=PROJECT, env=os.environ | env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        wait_http(f"http://127.0.0.1:{port}/ready")
+        wait_http(f"http://127.0.0.1:{port}{path}")
         return time.perf_counter() - began
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
+
+
+def cold_start(database_url: str) -> float:
+    """The service as its container runs it, process start to `/ready` 200."""
+    port = free_port()
+    command = [str(PY), "-m", "orders_service", "serve"]
+    return time_to_200(
+        command,
+        "/ready",
+        port,
+        DATABASE_URL=database_url,
+        PORT=str(port),
+        SHUTDOWN_DELAY_S="0",
+        LOG_LEVEL="WARNING",
+    )
 
 
 def reset_writes(database_url: str) -> None:
@@ -232,8 +237,6 @@ def reset_writes(database_url: str) -> None:
 def cold_start_bare(database_url: str) -> float:
     """The floor: bare FastAPI + SQLAlchemy under uvicorn, process start to its first 200."""
     port = free_port()
-    env = os.environ | {"DATABASE_URL": database_url, "PYTHONPATH": str(APPS)}
-    began = time.perf_counter()
     command = [
         str(PROJECT / ".venv" / "bin" / "uvicorn"),
         "apps.bare:create_app",
@@ -241,15 +244,7 @@ def cold_start_bare(database_url: str) -> float:
         "--port",
         str(port),
     ]
-    process = subprocess.Popen(
-        command, cwd=PROJECT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/ping")
-        return time.perf_counter() - began
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+    return time_to_200(command, "/ping", port, DATABASE_URL=database_url, PYTHONPATH=str(APPS))
 
 
 def import_time() -> float:

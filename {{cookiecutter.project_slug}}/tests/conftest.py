@@ -10,6 +10,7 @@ import asyncio
 import io
 import json
 import os
+import shutil
 from collections.abc import AsyncIterator
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -69,6 +70,16 @@ def database_url(server_url: URL) -> URL:
 def empty_database_url(database_url: URL) -> URL:
     """A database no migration has touched: the schema is behind."""
     return database_url.set(database=f"{TEST_DATABASE}_empty")
+
+
+def migrations_with(tmp_path: Path, name: str, revision: str) -> Path:
+    """A copy of the migrations with one more revision on top: `revision` is its source, with
+    `{head}` standing for the current head it revises."""
+    copy = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS, copy)
+    head = max(migrations.expected_heads(MIGRATIONS))  # the chain has a single head (tested)
+    (copy / "versions" / name).write_text(revision.format(head=head))
+    return copy
 
 
 def make_settings(url: URL | str, **overrides: Any) -> Settings:

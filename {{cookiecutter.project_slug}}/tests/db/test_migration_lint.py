@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import MIGRATIONS
 from tests.conftest import PROJECT
+from tests.conftest import migrations_with
 
 UNSAFE = '''"""unsafe: a blocking index on a live table
 
@@ -50,15 +49,7 @@ def _lint(migrations: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_squawk_flags_a_blocking_index_and_names_the_revision(tmp_path: Path) -> None:
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-    copy = tmp_path / "migrations"
-    shutil.copytree(MIGRATIONS, copy)
-    config = Config()
-    config.set_main_option("script_location", str(copy))
-    head = ScriptDirectory.from_config(config).get_current_head()
-    (copy / "versions" / "2099-01-01_unsafe.py").write_text(UNSAFE.format(head=head))
+    copy = migrations_with(tmp_path, "2099-01-01_unsafe.py", UNSAFE)
 
     result = _lint(copy)
     assert result.returncode == 1

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -26,6 +23,7 @@ from {{ cookiecutter.package_name }}.db import migrations
 from tests.conftest import MIGRATIONS
 from tests.conftest import PROJECT
 from tests.conftest import TEST_DATABASE
+from tests.conftest import migrations_with
 from tests.conftest import recreate
 
 SCRATCH = f"{TEST_DATABASE}_locks"
@@ -56,12 +54,7 @@ def downgrade() -> None:
 def test_a_held_lock_makes_the_migration_give_up_and_never_blocks_reads_longer_than_lock_timeout(
     server_url: URL, tmp_path: Path
 ) -> None:
-    copy = tmp_path / "migrations"
-    shutil.copytree(MIGRATIONS, copy)
-    config = Config()
-    config.set_main_option("script_location", str(copy))
-    head = ScriptDirectory.from_config(config).get_current_head()
-    (copy / "versions" / "2099-01-01_expand.py").write_text(EXPAND.format(head=head))
+    copy = migrations_with(tmp_path, "2099-01-01_expand.py", EXPAND)
     asyncio.run(recreate(server_url, SCRATCH))
     url = server_url.set(database=SCRATCH)
     migrations.upgrade(MIGRATIONS, url.render_as_string(hide_password=False))  # the release before

@@ -2,8 +2,8 @@
 
 Standards: Observability (correlation ids, tracing, metrics, one access line per request) and
 Error Handling (no stack trace reaches a client). One pure-ASGI middleware does all of it: each
-extra middleware layer costs throughput, and `BaseHTTPMiddleware` would also break contextvar
-propagation. Tuned by `MAX_BODY_BYTES`; span export by the `OTEL_*` variables (see `tracing`).
+extra middleware layer costs throughput, and Starlette's base-class HTTP middleware would also
+break contextvar propagation. Tuned by `MAX_BODY_BYTES`; span export by the `OTEL_*` variables (see `tracing`).
 
 Per request, in order: take `X-Request-ID` when it is safe (else make one) and bind it to the log
 context; continue the caller's W3C `traceparent` in a SERVER span; refuse a body over the limit
