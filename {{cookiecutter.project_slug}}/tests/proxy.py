@@ -1,7 +1,8 @@
-"""A load balancer as Kubernetes gives one, small enough to read: it sends each request to a backend
-whose `/ready` answered 200 at its last check (every 100 ms), round robin, and never retries. So a
-rolling restart through it fails a request exactly when the service would drop one behind a
-Service: when it stops serving before it stops being routed to."""
+"""A load balancer as Kubernetes gives one, small enough to read: it checks each backend's `/ready`
+every 100 ms as the Deployment's readiness probe does (2 s timeout; routed after one success,
+unrouted after two failures in a row), sends each request to a routed backend, round robin, and
+never retries. So a rolling restart through it fails a request exactly when the service would drop
+one behind a Service: when it stops serving before it stops being routed to."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from collections.abc import Callable
 import httpx
 
 CHECK_EVERY_S = 0.1
+CHECK_TIMEOUT_S = 2.0  # the Deployment's readinessProbe: timeoutSeconds 2
+FAILURES_TO_UNROUTE = 2  # ... and failureThreshold 2
 HOP_BY_HOP = {"host", "connection", "content-length", "keep-alive", "transfer-encoding", "content-encoding"}
 
 
@@ -19,6 +22,7 @@ class ReadinessProxy:
     def __init__(self, backends: list[str]) -> None:
         self.backends = list(backends)
         self.ready: set[str] = set()
+        self._failures: dict[str, int] = {}
         self.port = 0
         self._turn = itertools.count()
         # No keep-alive towards backends: each request opens its own connection, as kube-proxy's
@@ -48,15 +52,27 @@ class ReadinessProxy:
                 await self._checked.wait()
 
     async def _check_forever(self) -> None:
+        """Each backend on its own clock, as each pod's probe is: a slow answer from one does not
+        delay what the checks of the others find."""
+        checking: dict[str, asyncio.Task[bool]] = {}
         while True:
-            results = await asyncio.gather(*(self._is_ready(b) for b in self.backends))
-            self.ready = {backend for backend, ok in zip(self.backends, results, strict=True) if ok}
+            for backend in self.backends:
+                check = checking.get(backend)
+                if check is None:
+                    checking[backend] = asyncio.create_task(self._is_ready(backend))
+                elif check.done():
+                    failures = self._failures.get(backend, FAILURES_TO_UNROUTE)
+                    self._failures[backend] = 0 if check.result() else failures + 1
+                    checking[backend] = asyncio.create_task(self._is_ready(backend))
+            self.ready = {
+                b for b in self.backends if self._failures.get(b, FAILURES_TO_UNROUTE) < FAILURES_TO_UNROUTE
+            }
             self._checked.set()
             await asyncio.sleep(CHECK_EVERY_S)
 
     async def _is_ready(self, backend: str) -> bool:
         try:
-            return (await self._client.get(f"{backend}/ready", timeout=1)).status_code == 200
+            return (await self._client.get(f"{backend}/ready", timeout=CHECK_TIMEOUT_S)).status_code == 200
         except httpx.HTTPError:
             return False
 
