@@ -52,7 +52,7 @@ def _connect_or_unavailable(dialect: Dialect, _record: object, cargs: Any, cpara
     try:
         return dialect.loaded_dbapi.connect(*cargs, **cparams)
     except (OSError, TimeoutError) as exc:
-        raise DatabaseUnavailable("The database is unavailable; retry shortly.") from exc
+        raise DatabaseUnavailable from exc
 
 
 def create_probe_engine(settings: Settings, url: URL) -> AsyncEngine:

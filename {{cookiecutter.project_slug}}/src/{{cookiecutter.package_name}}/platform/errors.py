@@ -82,7 +82,7 @@ class ServiceUnavailable(ServiceError):
 class DatabaseUnavailable(ServiceUnavailable):
     slug = "database-unavailable"
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str = "The database is unavailable; retry shortly.") -> None:
         super().__init__(detail, headers={"Retry-After": "1"})
 
 
@@ -160,6 +160,10 @@ def _request_id(request: Request) -> str | None:
 async def _service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
     log.info("service_error", status=exc.status, problem=exc.slug, detail=exc.detail)
+    return _render(request, exc)
+
+
+def _render(request: Request, exc: ServiceError) -> Response:
     return problem(
         exc.status,
         exc.detail,
@@ -202,13 +206,10 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 async def _pool_exhausted(request: Request, exc: Exception) -> Response:
     log.warning("db_pool_exhausted", error=str(exc))
-    return problem(
-        503,
-        "The service is at capacity; retry shortly.",
-        slug="database-busy",
-        request_id=_request_id(request),
-        headers={"Retry-After": "1"},
+    busy = ServiceUnavailable(
+        "The service is at capacity; retry shortly.", slug="database-busy", headers={"Retry-After": "1"}
     )
+    return _render(request, busy)
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> Response:
@@ -218,13 +219,7 @@ async def _database_unavailable(request: Request, exc: Exception) -> Response:
         log.error("database_error", exc_info=exc)
         return internal_error(_request_id(request))
     log.warning("database_unavailable", error=type(exc.orig).__name__)
-    return problem(
-        503,
-        "The database is unavailable; retry shortly.",
-        slug="database-unavailable",
-        request_id=_request_id(request),
-        headers={"Retry-After": "1"},
-    )
+    return _render(request, DatabaseUnavailable())
 
 
 def internal_error(request_id: str | None) -> Response:
