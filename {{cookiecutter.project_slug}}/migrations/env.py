@@ -3,11 +3,14 @@
 The URL comes from the caller (`python -m {{ cookiecutter.package_name }} migrate`, the tests) or, for
 the `alembic` command line, from `DATABASE_URL`; `--sql` (offline) needs none.
 
-Every migration session sets `lock_timeout` (`MIGRATION_LOCK_TIMEOUT_S`, default 5 s) and
-`statement_timeout` (`MIGRATION_STATEMENT_TIMEOUT_S`), offline SQL included. A statement that
-waits for a lock longer fails instead of queueing every request behind it; the run is then retried
-(`MIGRATION_LOCK_RETRIES` times, with backoff and jitter: what is applied stays applied) and finally
-stops with a message saying what to look for.
+Lock retries, as GitLab's `with_lock_retries`: while a DDL statement waits for its lock, every query
+on the table queues behind it, so no attempt waits long. Each attempt is a fresh session whose
+`lock_timeout` starts at 0.1 s and doubles up to `MIGRATION_LOCK_TIMEOUT_S` (default 0.5 s, the
+longest a request queues behind the migration); a jittered sleep that grows separates attempts.
+What is applied stays applied (a transaction per revision), so an attempt resumes where the last
+stopped. When the next attempt and its sleep would pass `MIGRATION_LOCK_BUDGET_S` (time spent
+waiting on locks and sleeping), the run stops with a message saying what to look for. Every session
+also sets `statement_timeout` (`MIGRATION_STATEMENT_TIMEOUT_S`); offline SQL sets both, at the cap.
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ from {{ cookiecutter.package_name }}.settings import load_settings
 from {{ cookiecutter.package_name }}.settings import to_async_url
 
 LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout
+# GitLab's first lock_timeout: a lock held for an instant (a short request's transaction) is got on
+# the first or second try. Not a setting: the cap is what bounds the requests' wait.
+FIRST_LOCK_TIMEOUT_S = 0.1
+# Sleeps between attempts grow from ~0.1 s (a lock freed soon is got soon) to 5-10 s: a long holder
+# is probed every few seconds, and the table is not kept under a near-constant train of stalls.
+FIRST_SLEEP_S, MAX_SLEEP_S = 0.1, 10.0
 
 # Every model, the platform's and each domain's, so that autogenerate and `alembic check` see the
 # whole schema.
@@ -57,11 +66,29 @@ def _url(settings: Settings) -> str:
     return configured.render_as_string(hide_password=False)
 
 
-def _timeouts(settings: Settings) -> list[str]:
+def _timeouts(settings: Settings, lock_timeout_s: float) -> list[str]:
     return [
-        f"SET lock_timeout = '{int(settings.migration_lock_timeout_s * 1000)}ms'",
-        f"SET statement_timeout = '{int(settings.migration_statement_timeout_s * 1000)}ms'",
+        f"SET lock_timeout = '{max(1, round(lock_timeout_s * 1000))}ms'",
+        f"SET statement_timeout = '{round(settings.migration_statement_timeout_s * 1000)}ms'",
     ]
+
+
+def lock_schedule(settings: Settings) -> list[tuple[float, float]]:
+    """Each attempt's lock_timeout and the sleep after it fails, for as many attempts as fit
+    MIGRATION_LOCK_BUDGET_S. Both double: the timeout from FIRST_LOCK_TIMEOUT_S up to
+    MIGRATION_LOCK_TIMEOUT_S, the sleep from FIRST_SLEEP_S up to MAX_SLEEP_S, drawn between half and
+    all of that so that two runs do not retry in step (and it still grows; not cryptography)."""
+    cap, budget = settings.migration_lock_timeout_s, settings.migration_lock_budget_s
+    schedule: list[tuple[float, float]] = []
+    spent = 0.0  # waiting for locks and sleeping; the work of revisions that apply is not counted
+    while True:
+        doubling = 2 ** len(schedule)
+        lock_timeout = min(cap, FIRST_LOCK_TIMEOUT_S * doubling)
+        if spent + lock_timeout > budget:
+            return schedule
+        sleep = random.uniform(0.5, 1.0) * min(MAX_SLEEP_S, FIRST_SLEEP_S * doubling)  # noqa: S311
+        schedule.append((lock_timeout, sleep))
+        spent += lock_timeout + sleep
 
 
 def _configure(**kwargs: object) -> None:
@@ -76,14 +103,14 @@ def _configure(**kwargs: object) -> None:
 def run_offline(settings: Settings) -> None:
     """`alembic upgrade A:B --sql`: the SQL a DBA reviews and squawk lints."""
     _configure(url="postgresql+asyncpg://", literal_binds=True, dialect_opts={"paramstyle": "named"})
-    for statement in _timeouts(settings):
+    for statement in _timeouts(settings, settings.migration_lock_timeout_s):
         context.execute(statement)
     with context.begin_transaction():
         context.run_migrations()
 
 
-def _run(connection: Connection, settings: Settings) -> None:
-    for statement in _timeouts(settings):
+def _run(connection: Connection, settings: Settings, lock_timeout_s: float) -> None:
+    for statement in _timeouts(settings, lock_timeout_s):
         connection.exec_driver_sql(statement)
     connection.commit()
     _configure(connection=connection)
@@ -91,40 +118,39 @@ def _run(connection: Connection, settings: Settings) -> None:
         context.run_migrations()
 
 
-async def _run_once(settings: Settings) -> None:
+async def _attempt(settings: Settings, lock_timeout_s: float) -> None:
     engine = create_async_engine(_url(settings), poolclass=NullPool)
     try:
         async with engine.connect() as connection:
-            await connection.run_sync(_run, settings)
+            await connection.run_sync(_run, settings, lock_timeout_s)
     finally:
         await engine.dispose()
 
 
 def run_online(settings: Settings) -> None:
-    attempts = settings.migration_lock_retries + 1
-    for attempt in range(1, attempts + 1):
+    schedule = lock_schedule(settings)
+    for attempt, (lock_timeout, sleep) in enumerate(schedule, start=1):
         try:
-            asyncio.run(_run_once(settings))
+            asyncio.run(_attempt(settings, lock_timeout))
             return
         except DBAPIError as exc:
             if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
                 raise
-            if attempt == attempts:
+            if attempt == len(schedule):
                 raise SystemExit(
-                    f"migration stopped: a lock was not granted within lock_timeout "
-                    f"({settings.migration_lock_timeout_s:g}s), {attempts} times. A long transaction "
-                    "holds the table; find it with: SELECT pid, now() - xact_start AS age, state, query "
-                    "FROM pg_stat_activity WHERE xact_start IS NOT NULL ORDER BY age DESC; "
+                    f"migration stopped: a lock was not granted in {attempt} attempts (lock_timeout "
+                    f"up to {settings.migration_lock_timeout_s:g}s) within MIGRATION_LOCK_BUDGET_S "
+                    f"({settings.migration_lock_budget_s:g}s). A long transaction holds the table; find "
+                    "it with: SELECT pid, now() - xact_start AS age, state, query FROM pg_stat_activity "
+                    "WHERE xact_start IS NOT NULL ORDER BY age DESC; "
                     "see RUNBOOK.md 'A migration is stuck or timed out on a lock'"
                 ) from exc
-            # Jitter, so replicas of a migration Job do not retry in step; not cryptography.
-            wait = random.uniform(0.5, 1.0) * min(30.0, 2.0**attempt)  # noqa: S311
             print(
-                f"migration: lock_timeout ({settings.migration_lock_timeout_s:g}s), attempt {attempt} "
-                f"of {attempts}; retrying in {wait:.1f}s",
+                f"migration: lock_timeout ({lock_timeout:g}s), attempt {attempt} of {len(schedule)}; "
+                f"retrying in {sleep:.1f}s",
                 file=sys.stderr,
             )
-            time.sleep(wait)
+            time.sleep(sleep)
 
 
 if context.is_offline_mode():

@@ -55,6 +55,12 @@ def test_a_database_url_that_would_fail_every_connection_is_refused(bad: str, re
         Settings(database_url=bad)  # type: ignore[arg-type]
 
 
+def test_a_migration_lock_budget_that_holds_no_full_lock_wait_is_refused() -> None:
+    reason = "MIGRATION_LOCK_BUDGET_S must be longer than MIGRATION_LOCK_TIMEOUT_S"
+    with pytest.raises(ValidationError, match=reason):
+        Settings(migration_lock_timeout_s=0.5, migration_lock_budget_s=0.5)
+
+
 def test_a_malformed_database_url_never_echoes_its_password() -> None:
     with pytest.raises(ValidationError) as raised:
         Settings(database_url="postgresql://app:p@ss:w0rd@db/orders")  # type: ignore[arg-type]
@@ -70,6 +76,7 @@ def test_a_malformed_database_url_never_echoes_its_password() -> None:
         ("LOG_LEVEL", "LOUD"),
         ("DATABASE_URL", "mysql://x@y/z"),
         ("MIGRATIONS_DIR", "/nowhere"),
+        ("MIGRATION_LOCK_TIMEOUT_S", "6"),  # longer would queue every request behind a migration
     ],
 )
 def test_bad_configuration_stops_startup_with_one_line_naming_the_variable(variable: str, value: str) -> None:

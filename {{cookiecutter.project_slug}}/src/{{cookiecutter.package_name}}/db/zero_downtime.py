@@ -50,6 +50,21 @@ def _each_committed(*statements: str) -> None:
             )
 
 
+def _concurrently(statement: str) -> None:
+    """Run a CONCURRENTLY statement with no `lock_timeout`, `statement_timeout` still bounding it.
+    It waits for every older transaction to end, but its lock (SHARE UPDATE EXCLUSIVE) blocks no
+    read or write meanwhile: the migration's short lock timeout, there to keep requests from
+    queueing behind a DDL statement, would only make it fail and rebuild from scratch on a busy
+    table. The attempt's own lock_timeout is kept and put back after it, in SQL, so the offline
+    script does the same."""
+    op.execute(
+        "SELECT set_config('paved.lock_timeout', current_setting('lock_timeout'), false),"
+        " set_config('lock_timeout', '0', false)"
+    )
+    op.execute(statement)
+    op.execute("SELECT set_config('lock_timeout', current_setting('paved.lock_timeout'), false)")
+
+
 def create_index_concurrently(
     name: str, table: str, columns: Sequence[str], *, unique: bool = False, where: str | None = None
 ) -> None:
@@ -65,8 +80,8 @@ def create_index_concurrently(
                 {"name": name},
             )
             if invalid:
-                op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {_ident(name)}")
-        op.execute(
+                _concurrently(f"DROP INDEX CONCURRENTLY IF EXISTS {_ident(name)}")
+        _concurrently(
             f"CREATE {'UNIQUE ' if unique else ''}INDEX CONCURRENTLY IF NOT EXISTS {_ident(name)} "
             f"ON {_ident(table)} ({', '.join(_ident(column) for column in columns)})"
             + (f" WHERE {where}" if where else "")
@@ -75,7 +90,7 @@ def create_index_concurrently(
 
 def drop_index_concurrently(name: str) -> None:
     with context.get_context().autocommit_block():
-        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {_ident(name)}")
+        _concurrently(f"DROP INDEX CONCURRENTLY IF EXISTS {_ident(name)}")
 
 
 def add_column(table: str, column: sa.Column[object]) -> None:
