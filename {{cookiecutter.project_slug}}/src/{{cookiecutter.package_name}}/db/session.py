@@ -4,7 +4,7 @@ Standards: Reliability / Timeouts (connect, pool checkout and statement timeouts
 connection) and Data / Transactions (one request is one transaction). Tuned by `DB_POOL_SIZE`,
 `DB_MAX_OVERFLOW`, `DB_POOL_TIMEOUT_S`, `DB_CONNECT_TIMEOUT_S`, `DB_STATEMENT_TIMEOUT_S`,
 `DB_LOCK_TIMEOUT_S`, `DB_IDLE_IN_TRANSACTION_TIMEOUT_S`. An exhausted pool answers 503
-(`errors.py`) after `DB_POOL_TIMEOUT_S`, which settings keep below the request deadline.
+(`platform/errors.py`) after `DB_POOL_TIMEOUT_S`, which settings keep below the request deadline.
 
 `SessionDep` opens the transaction before the handler runs and commits after it returns, before
 the response is sent (FastAPI's `scope="function"`): a client never sees 201 for a write that then
@@ -28,8 +28,12 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from {{ cookiecutter.package_name }}.platform.errors import DatabaseUnavailable
 from {{ cookiecutter.package_name }}.settings import Settings
+
+
+class DatabaseUnreachable(Exception):
+    """The server refused the connection, cannot be reached, or did not answer in time.
+    `platform/errors.py` answers it 503 `database-unavailable`."""
 
 
 def create_engine(settings: Settings, url: URL) -> AsyncEngine:
@@ -47,12 +51,12 @@ def create_engine(settings: Settings, url: URL) -> AsyncEngine:
 
 
 def _connect_or_unavailable(dialect: Dialect, _record: object, cargs: Any, cparams: Any) -> Any:
-    """Open a connection; a refused, unreachable or silent server becomes `DatabaseUnavailable`
-    (503). The driver raises those as OSError and TimeoutError, which SQLAlchemy does not wrap."""
+    """Open a connection; a refused, unreachable or silent server becomes `DatabaseUnreachable`.
+    The driver raises those as OSError and TimeoutError, which SQLAlchemy does not wrap."""
     try:
         return dialect.loaded_dbapi.connect(*cargs, **cparams)
     except (OSError, TimeoutError) as exc:
-        raise DatabaseUnavailable from exc
+        raise DatabaseUnreachable from exc
 
 
 def create_probe_engine(settings: Settings, url: URL) -> AsyncEngine:

@@ -12,8 +12,17 @@ The tree, expected errors first:
       Conflict        409
       BadRequest      400
     database pool exhausted      503 `database-busy` with Retry-After, after DB_POOL_TIMEOUT_S
-    DatabaseUnavailable          503 `database-unavailable` with Retry-After: refused, silent or
-                                 dropped connections (`db/session.py` raises it)
+    DatabaseUnreachable          503 `database-unavailable` with Retry-After: a server refused or
+                                 silent at connect (`db/session.py` raises it)
+    DBAPIError (SQLAlchemy)      by the SQLSTATE the server sent:
+      a transient state          503 with Retry-After, one `type` per state (`TRANSIENT_SQLSTATES`):
+                                 lock or statement timeout, deadlock, serialization failure, too
+                                 many connections, server not accepting connections, session
+                                 terminated; logged as a warning with the SQLSTATE (no stack) and
+                                 counted in `database_transient_errors_total{sqlstate}`
+      a dropped connection       503 `database-unavailable` with Retry-After
+      anything else              a bug (bad SQL, a constraint we did not expect): 500, logged with
+                                 its stack trace as `database_error`
     HTTPException (Starlette)    routing and protocol: 404 unknown route, 405, 413 body too large
     RequestValidationError       400 malformed JSON, 422 fields that fail their schema
     any other exception          a bug: logged once with its stack trace, answered 500 with no
@@ -22,6 +31,7 @@ The tree, expected errors first:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from collections.abc import Mapping
 from collections.abc import Sequence
 from http import HTTPStatus
@@ -41,7 +51,21 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from {{ cookiecutter.package_name }}.db.session import DatabaseUnreachable
+from {{ cookiecutter.package_name }}.platform.metrics import Metrics
+
 PROBLEM_JSON = "application/problem+json"
+
+# Database states that pass: the same request, retried shortly, can succeed. SQLSTATE -> `type` slug.
+TRANSIENT_SQLSTATES = {
+    "55P03": "database-lock-timeout",  # lock_not_available: waited DB_LOCK_TIMEOUT_S for a lock
+    "57014": "database-statement-timeout",  # query_canceled: DB_STATEMENT_TIMEOUT_S, or a cancel
+    "40P01": "database-deadlock",  # deadlock_detected: this transaction was the one rolled back
+    "40001": "database-serialization-failure",  # serialization_failure: a concurrent write won
+    "53300": "database-too-many-connections",  # too_many_connections: server, role or database limit
+    "57P03": "database-not-accepting-connections",  # cannot_connect_now: starting up, shutting down
+    "57P01": "database-connection-terminated",  # admin_shutdown: pg_terminate_backend, fast shutdown
+}
 
 log = structlog.get_logger(__name__)
 
@@ -176,6 +200,10 @@ def _render(request: Request, exc: ServiceError) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    return _render_http(request, exc)
+
+
+def _render_http(request: Request, exc: HTTPException) -> Response:
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).description
     return problem(exc.status_code, detail, request_id=_request_id(request), headers=exc.headers)
 
@@ -212,14 +240,43 @@ async def _pool_exhausted(request: Request, exc: Exception) -> Response:
     return _render(request, busy)
 
 
-async def _database_unavailable(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, DBAPIError)
-    if not (exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)):
-        # Any other database error is a bug (a constraint we did not expect, bad SQL): a 500.
-        log.error("database_error", exc_info=exc)
-        return internal_error(_request_id(request))
-    log.warning("database_unavailable", error=type(exc.orig).__name__)
+async def _database_unreachable(request: Request, exc: Exception) -> Response:
+    log.warning("database_unavailable", error=type(exc.__cause__).__name__)
     return _render(request, DatabaseUnavailable())
+
+
+def _sqlstates(exc: DBAPIError) -> Iterator[str]:
+    """The SQLSTATEs behind `exc`, outermost first. Usually one, on the driver's error (`exc.orig`).
+    A FATAL error the server sends before it closes the connection (57P01) reaches asyncpg as a
+    lost connection (08003) whose cause is the server's error, hence the walk down `__cause__`."""
+    error: BaseException | None = exc.orig
+    while error is not None:
+        sqlstate = getattr(error, "sqlstate", None)
+        if isinstance(sqlstate, str):
+            yield sqlstate
+        error = error.__cause__
+
+
+async def _database_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DBAPIError)
+    sqlstate = next((state for state in _sqlstates(exc) if state in TRANSIENT_SQLSTATES), None)
+    if sqlstate is not None:
+        slug = TRANSIENT_SQLSTATES[sqlstate]
+        log.warning("database_transient_error", sqlstate=sqlstate, problem=slug)
+        metrics: Metrics = request.app.state.metrics
+        metrics.database_transient_errors.labels(sqlstate).inc()
+        transient = ServiceUnavailable(
+            "The database could not serve this request just now; retry shortly.",
+            slug=slug,
+            headers={"Retry-After": "1"},
+        )
+        return _render(request, transient)
+    if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+        log.warning("database_unavailable", error=type(exc.orig).__name__)
+        return _render(request, DatabaseUnavailable())
+    # Any other database error is a bug (a constraint we did not expect, bad SQL): a 500.
+    log.error("database_error", exc_info=exc)
+    return internal_error(_request_id(request))
 
 
 def internal_error(request_id: str | None) -> Response:
@@ -229,9 +286,21 @@ def internal_error(request_id: str | None) -> Response:
     )
 
 
+def answer(request: Request, exc: Exception) -> Response | None:
+    """The answer an expected error gets (a ServiceError or an HTTPException), built without
+    logging it; None for anything else. For code that must know the answer before the handlers
+    send it (idempotency stores a refusal to replay it)."""
+    if isinstance(exc, ServiceError):
+        return _render(request, exc)
+    if isinstance(exc, HTTPException):
+        return _render_http(request, exc)
+    return None
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(PoolTimeout, _pool_exhausted)
-    app.add_exception_handler(DBAPIError, _database_unavailable)
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(DatabaseUnreachable, _database_unreachable)

@@ -2,8 +2,8 @@
 
 Standard: Observability / Metrics. Request count and latency by method, route template and status
 (recorded by `middleware.RequestContextMiddleware`); outbound calls, retries and circuit breaker
-state per upstream (recorded by `resilience`); idempotency outcomes (`idempotency`); database pool
-gauges read at scrape time.
+state per upstream (recorded by `resilience`); idempotency outcomes (`idempotency`); transient
+database errors answered 503, by SQLSTATE (`errors`); database pool gauges read at scrape time.
 Each app has its own registry, so two apps in one process (tests) never share counters.
 Metric names follow Prometheus conventions; the runbook and the alert rules use them as written here.
 """
@@ -81,6 +81,14 @@ class Metrics:
             "idempotency_outcomes",
             "Requests with an Idempotency-Key, by outcome: stored, replay, conflict (in flight), mismatch.",
             ["outcome"],
+            registry=self.registry,
+        )
+        self.database_transient_errors = Counter(
+            "database_transient_errors",
+            "Database errors a client may retry, answered 503, by SQLSTATE: 55P03 lock timeout, "
+            "57014 statement timeout, 40P01 deadlock, 40001 serialization failure, 53300 too many "
+            "connections, 57P03 not accepting connections, 57P01 connection terminated.",
+            ["sqlstate"],
             registry=self.registry,
         )
         self.ready = Gauge(
