@@ -282,17 +282,19 @@ async def test_waits_are_random_and_bounded_by_the_cap(make_upstream: MakeUpstre
 async def test_retry_after_is_honoured_in_both_forms_and_a_longer_one_is_passed_on(
     make_upstream: MakeUpstream, sleeps: Sleeps
 ) -> None:
-    in_a_second = format_datetime(datetime.now(UTC) + timedelta(seconds=1), usegmt=True)
+    # An HTTP-date has whole seconds: two seconds ahead, rounded down, is still over a second
+    # ahead when it is read, however slow the machine (one second ahead could read as zero).
+    in_two_seconds = format_datetime(datetime.now(UTC) + timedelta(seconds=2), usegmt=True)
     async with ScriptedUpstream().then(
         Reply(503, headers={"retry-after": "0"}),
-        Reply(429, headers={"retry-after": in_a_second}),
+        Reply(429, headers={"retry-after": in_two_seconds}),
         OK,
         Reply(503, headers={"retry-after": "120"}),
     ) as server:
-        upstream = make_upstream(server.url, http_retry_max_wait_s=1.5, http_retry_attempts=3)
+        upstream = make_upstream(server.url, http_retry_max_wait_s=2.5, http_retry_attempts=3)
         await upstream.request("GET", "/stock/a")
         assert sleeps.waits[0] == 0
-        assert 0 < sleeps.waits[1] <= 1.0
+        assert 0 < sleeps.waits[1] <= 2.0
         with pytest.raises(UpstreamUnavailable) as raised:
             await upstream.request("GET", "/stock/a")
     # 120 s is more than the cap: no early retry, and the caller learns when to come back.
