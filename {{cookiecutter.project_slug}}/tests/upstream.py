@@ -29,6 +29,7 @@ class Received:
     method: str
     path: str
     headers: dict[str, str]
+    json: Any = None
 
 
 class ScriptedUpstream:
@@ -73,18 +74,19 @@ class ScriptedUpstream:
             while (line := (await reader.readline()).decode().strip()) != "":
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
-            await reader.readexactly(int(headers.get("content-length", "0")))
-            self.received.append(Received(request_line[0], request_line[1], headers))
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            parsed = json.loads(body) if body else None
+            self.received.append(Received(request_line[0], request_line[1], headers, parsed))
             reply = self.script.popleft() if self.script else self.default
             if reply.hang:
                 await asyncio.sleep(3600)
             await asyncio.sleep(reply.delay_s)
-            body = json.dumps(reply.body).encode() if reply.body is not None else b""
-            head = [f"HTTP/1.1 {reply.status} X", f"content-length: {len(body)}", "connection: close"]
+            answer = json.dumps(reply.body).encode() if reply.body is not None else b""
+            head = [f"HTTP/1.1 {reply.status} X", f"content-length: {len(answer)}", "connection: close"]
             head += [f"{name}: {value}" for name, value in reply.headers.items()]
             if reply.body is not None:
                 head.append("content-type: application/json")
-            writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+            writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + answer)
             await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass

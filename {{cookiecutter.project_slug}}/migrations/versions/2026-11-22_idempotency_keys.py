@@ -1,4 +1,4 @@
-"""idempotency_keys: stored responses of requests made with an Idempotency-Key
+"""idempotency_keys: claims and stored answers of requests made with an Idempotency-Key
 
 Revision ID: 0002_idempotency_keys
 Revises: 0001_initial
@@ -25,11 +25,17 @@ def upgrade() -> None:
         sa.Column("route", sa.Text(), nullable=False),
         sa.Column("key", sa.Text(), nullable=False),
         sa.Column("fingerprint", sa.Text(), nullable=False),
-        sa.Column("status_code", sa.BigInteger(), nullable=False),
-        sa.Column("headers", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
-        sa.Column("body", sa.LargeBinary(), nullable=False),
+        sa.Column("claim", sa.Uuid(), nullable=True),
+        sa.Column("leased_until", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("status_code", sa.BigInteger(), nullable=True),
+        sa.Column("headers", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+        sa.Column("body", sa.LargeBinary(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.CheckConstraint(
+            "(claim IS NULL) = (status_code IS NOT NULL)",
+            name=op.f("ck_idempotency_keys_claimed_or_answered"),
+        ),
         sa.PrimaryKeyConstraint("principal", "method", "route", "key", name=op.f("pk_idempotency_keys")),
     )
     # A new, empty table: a plain CREATE INDEX takes no lock anyone is waiting for.

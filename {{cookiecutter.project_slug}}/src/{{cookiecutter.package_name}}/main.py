@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from contextlib import asynccontextmanager
+from contextlib import suppress
 
 import structlog
 from fastapi import APIRouter
@@ -57,43 +59,50 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "DATABASE_URL is not set; `python -m {{ cookiecutter.package_name }}` (make run) starts the "
                 "embedded PostgreSQL for development"
             )
-        engine = create_engine(settings, url)
-        tracing.instrument_engine(engine, tracer)
-        metrics.watch_pool(engine)
-        app.state.engine = engine
-        app.state.sessionmaker = create_sessionmaker(engine)
-        client = http.create_client(settings)
-        app.state.upstreams = resilience.Upstreams(client, settings=settings, metrics=metrics, tracer=tracer)
-        probe_engine = create_probe_engine(settings, url)
-        app.state.readiness = health.Readiness(
-            probe_engine,
-            expected_heads=migrations.expected_heads(settings.migrations_dir),
-            known_revisions=migrations.known_revisions(settings.migrations_dir),
-            timeout_s=settings.ready_timeout_s,
-            metrics=metrics,
-        )
-        purger = asyncio.create_task(
-            idempotency.purge_periodically(engine, settings.idempotency_purge_interval_s),
-            name="idempotency-purge",
-        )
-        # Everything allocated so far (modules, the app, the engine) lives as long as the process:
-        # moving it out of the collector's reach makes each collection scan only what requests
-        # allocate. Measured: +9% throughput, and p99 of a trivial route from 54 ms to 7 ms.
-        gc.freeze()
-        log.info("service_started", service=settings.service_name, environment=settings.environment)
-        try:
-            yield
-        finally:
-            purger.cancel()
-            app.state.readiness.shutting_down = True
-            await client.aclose()
-            await engine.dispose()
-            await probe_engine.dispose()
+        # Each resource is closed by the stack, in reverse order, whatever closing another raised.
+        async with AsyncExitStack() as resources:
             if tracer_provider is not None:
                 # Flushes the spans still in the batch; blocking (up to OTEL_BSP_EXPORT_TIMEOUT),
-                # so off the event loop.
-                await asyncio.to_thread(tracer_provider.shutdown)
-            log.info("service_stopped", service=settings.service_name)
+                # so off the event loop. Last out, so the shutdown's own spans are flushed too.
+                resources.push_async_callback(asyncio.to_thread, tracer_provider.shutdown)
+            engine = create_engine(settings, url)
+            resources.push_async_callback(engine.dispose)
+            tracing.instrument_engine(engine, tracer)
+            metrics.watch_pool(engine)
+            app.state.engine = engine
+            app.state.sessionmaker = create_sessionmaker(engine)
+            app.state.idempotency = idempotency.Store(
+                engine, lease_s=settings.idempotency_lease_s, retention_s=settings.idempotency_retention_s
+            )
+            probe_engine = create_probe_engine(settings, url)
+            resources.push_async_callback(probe_engine.dispose)
+            client = http.create_client(settings)
+            resources.push_async_callback(client.aclose)
+            app.state.upstreams = resilience.Upstreams(
+                client, settings=settings, metrics=metrics, tracer=tracer
+            )
+            app.state.readiness = health.Readiness(
+                probe_engine,
+                expected_heads=migrations.expected_heads(settings.migrations_dir),
+                known_revisions=migrations.known_revisions(settings.migrations_dir),
+                timeout_s=settings.ready_timeout_s,
+                metrics=metrics,
+            )
+            purger = asyncio.create_task(
+                idempotency.purge_periodically(engine, settings.idempotency_purge_interval_s),
+                name="idempotency-purge",
+            )
+            resources.push_async_callback(_cancelled, purger)
+            # Everything allocated so far (modules, the app, the engine) lives as long as the process:
+            # moving it out of the collector's reach makes each collection scan only what requests
+            # allocate. Measured: +9% throughput, and p99 of a trivial route from 54 ms to 7 ms.
+            gc.freeze()
+            log.info("service_started", service=settings.service_name, environment=settings.environment)
+            try:
+                yield
+            finally:
+                app.state.readiness.shutting_down = True
+        log.info("service_stopped", service=settings.service_name)
 
     app = FastAPI(
         title="{{ cookiecutter.project_name }}",
@@ -121,3 +130,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request_timeout_s=settings.request_timeout_s,
     )
     return app
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel a background task and wait until it has stopped."""
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task

@@ -93,7 +93,10 @@ class Settings(BaseSettings):
     breaker_reset_timeout_s: PositiveSeconds = 30.0
     breaker_half_open_probes: int = Field(default=1, ge=1, le=100)
 
-    # How long a stored idempotent response is replayed; how often expired ones are purged.
+    # How long a claimed Idempotency-Key stays held by a request that never finished (its process
+    # died): longer than any request may run. How long an answer is replayed; how often expired
+    # records are purged.
+    idempotency_lease_s: PositiveSeconds = 12.0
     idempotency_retention_s: PositiveSeconds = Field(default=24 * 3600, le=30 * 24 * 3600)
     idempotency_purge_interval_s: PositiveSeconds = 300.0
 
@@ -135,6 +138,9 @@ class Settings(BaseSettings):
             raise ValueError("DB_POOL_TIMEOUT_S must be shorter than REQUEST_TIMEOUT_S")
         if self.db_idle_in_transaction_timeout_s <= self.request_timeout_s:
             raise ValueError("DB_IDLE_IN_TRANSACTION_TIMEOUT_S must be longer than REQUEST_TIMEOUT_S")
+        if self.idempotency_lease_s <= self.request_timeout_s:
+            # A live request's key must not be taken over by its own client's retry.
+            raise ValueError("IDEMPOTENCY_LEASE_S must be longer than REQUEST_TIMEOUT_S")
         return self
 
     @model_validator(mode="after")

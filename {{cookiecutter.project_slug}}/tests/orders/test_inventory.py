@@ -1,4 +1,4 @@
-"""POST /v1/orders checks stock with a real (scripted) inventory service on 127.0.0.1."""
+"""POST /v1/orders reserves stock at a real (scripted) inventory service on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tests.upstream import ScriptedUpstream
 
 @pytest.fixture
 async def inventory() -> AsyncIterator[ScriptedUpstream]:
-    async with ScriptedUpstream(default=Reply(200, {"sku": "SKU-1", "available": 5})) as server:
+    async with ScriptedUpstream(default=Reply(201, {"reserved": True})) as server:
         yield server
 
 
@@ -46,10 +46,16 @@ async def _orders(client: httpx.AsyncClient) -> list[object]:
 async def test_an_order_within_stock_is_created(
     client: httpx.AsyncClient, inventory: ScriptedUpstream
 ) -> None:
-    response = await client.post("/v1/orders", json={"sku": "SKU-1", "quantity": 3})
+    response = await client.post(
+        "/v1/orders", json={"sku": "SKU-1", "quantity": 3}, headers={"Idempotency-Key": "order-1"}
+    )
     assert response.status_code == 201
     [call] = inventory.received
-    assert call.path == "/stock/SKU-1"
+    assert (call.method, call.path) == ("POST", "/reservations")
+    assert call.json == {"sku": "SKU-1", "quantity": 3}
+    # A key derived from the order's: stable across retries, never the client's own.
+    assert len(call.headers["idempotency-key"]) == 64
+    assert call.headers["idempotency-key"] != "order-1"
     assert call.headers["x-request-id"] == response.headers["x-request-id"]
     assert call.headers["traceparent"].startswith("00-")
 
@@ -57,7 +63,7 @@ async def test_an_order_within_stock_is_created(
 async def test_insufficient_stock_is_a_409_and_nothing_is_written(
     client: httpx.AsyncClient, inventory: ScriptedUpstream
 ) -> None:
-    inventory.then(Reply(200, {"sku": "SKU-1", "available": 1}))
+    inventory.then(Reply(409, {"available": 1}))
     response = await client.post("/v1/orders", json={"sku": "SKU-1", "quantity": 3})
     assert response.status_code == 409
     body = response.json()

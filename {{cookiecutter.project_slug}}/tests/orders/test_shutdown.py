@@ -16,9 +16,7 @@ from tests.upstream import ScriptedUpstream
 
 
 async def test_a_request_in_flight_finishes_after_sigterm(committed: URL) -> None:
-    async with ScriptedUpstream(
-        default=Reply(200, {"sku": "SKU-1", "available": 5}, delay_s=2.0)
-    ) as inventory:
+    async with ScriptedUpstream(default=Reply(201, {"reserved": True}, delay_s=2.0)) as inventory:
         with running(
             committed.render_as_string(hide_password=False),
             INVENTORY_URL=inventory.url,

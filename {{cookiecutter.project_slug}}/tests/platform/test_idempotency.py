@@ -1,7 +1,9 @@
 """Idempotency keys on a real PostgreSQL, through a small idempotent route of the test's own.
 
-The route writes one row per execution into `idempotency_effects`, so a test counts how often the
-effect really ran. These tests commit for real (concurrency needs it) and clean up after themselves.
+The route writes one row per execution into `idempotency_effects` and, when asked, calls a real
+upstream on 127.0.0.1 first, so a test counts how often the effect and the outside call really ran.
+What the handler does is chosen by the request body. These tests commit for real (concurrency
+needs it) and clean up after themselves.
 """
 
 from __future__ import annotations
@@ -9,9 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC
-from datetime import datetime
-from datetime import timedelta
 from typing import Any
 from uuid import uuid4
 
@@ -22,6 +21,8 @@ from fastapi import APIRouter
 from fastapi import FastAPI
 from fastapi import Request
 from fastapi import Response
+from fastapi.responses import JSONResponse
+from fastapi.responses import StreamingResponse
 from hypothesis import HealthCheck
 from hypothesis import given
 from hypothesis import settings
@@ -33,10 +34,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from {{ cookiecutter.package_name }}.db.session import SessionDep
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.platform import idempotency
+from {{ cookiecutter.package_name }}.platform.errors import Conflict
+from {{ cookiecutter.package_name }}.platform.errors import ServiceUnavailable
+from {{ cookiecutter.package_name }}.platform.idempotency import ClaimDep
 from {{ cookiecutter.package_name }}.platform.idempotency import IdempotentRoute
-from {{ cookiecutter.package_name }}.platform.idempotency import RequireIdempotencyKey
 
 from tests.conftest import make_settings
+from tests.upstream import Reply
+from tests.upstream import ScriptedUpstream
 
 router = APIRouter(route_class=IdempotentRoute)
 
@@ -45,34 +50,45 @@ class Crash(Exception):
     pass
 
 
-# Crashes left to inject: the effect's handler raises after its write while this is above zero.
-CRASHES = {"left": 0}
-# Seconds the next handler waits before its first statement (read when the handler starts).
-PAUSE_BEFORE_WRITE = {"s": 0.0}
+# Handlers that wait on `HOLD` announce it on `HELD` first, so a test acts while a key is held.
+HOLD: dict[str, asyncio.Event] = {}
+HELD: dict[str, asyncio.Event] = {}
 
 
-@router.post("/effects", status_code=201, dependencies=[RequireIdempotencyKey])
-async def make_effect(request: Request, session: SessionDep, response: Response) -> dict[str, Any]:
+@router.post("/effects", status_code=201)
+async def make_effect(request: Request, session: SessionDep, claim: ClaimDep, response: Response) -> Any:
     body = await request.json()
-    pause, PAUSE_BEFORE_WRITE["s"] = PAUSE_BEFORE_WRITE["s"], 0.0
-    await asyncio.sleep(pause)
+    order = body if isinstance(body, dict) else {}
+    if "upstream" in order:
+        upstream = request.app.state.upstreams.get(order["upstream"], order["upstream"])
+        await upstream.request(
+            "POST", "/charges", json=body, headers={"Idempotency-Key": claim.derive("charge")}
+        )
     effect_id = str(uuid4())
     await session.execute(
         text("INSERT INTO idempotency_effects (id, note) VALUES (:id, :note)"),
         {"id": effect_id, "note": json.dumps(body)},
     )
-    await asyncio.sleep(float(body.get("linger_s", 0)) if isinstance(body, dict) else 0)
-    if CRASHES["left"] > 0:
-        CRASHES["left"] -= 1
-        await session.flush()
+    await session.flush()
+    if "hold" in order:
+        HELD[order["hold"]].set()
+        await HOLD[order["hold"]].wait()
+    outcome = order.get("then")
+    if outcome == "crash":
         raise Crash("after the write, before the commit")
+    if outcome == "refuse":
+        raise Conflict("Refused by the domain.", slug="refused")
+    if outcome == "raise-503":
+        raise ServiceUnavailable("A dependency is down.")
+    if outcome == "return-503":
+        return JSONResponse({"detail": "returned"}, status_code=503)
     response.headers["Location"] = f"/effects/{effect_id}"
     return {"id": effect_id, "body": body}
 
 
 @pytest.fixture
 async def app(database_url: URL) -> AsyncIterator[FastAPI]:
-    app = create_app(make_settings(database_url))
+    app = create_app(make_settings(database_url, http_retry_max_wait_s=0.05))
     app.include_router(router)
     async with LifespanManager(app):
         engine: AsyncEngine = app.state.engine
@@ -94,14 +110,17 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def effects(app: FastAPI) -> int:
+async def scalar(app: FastAPI, sql: str) -> Any:
     async with app.state.engine.connect() as connection:
-        return int(await connection.scalar(text("SELECT count(*) FROM idempotency_effects")) or 0)
+        return await connection.scalar(text(sql))
+
+
+async def effects(app: FastAPI) -> int:
+    return int(await scalar(app, "SELECT count(*) FROM idempotency_effects"))
 
 
 async def records(app: FastAPI) -> int:
-    async with app.state.engine.connect() as connection:
-        return int(await connection.scalar(text("SELECT count(*) FROM idempotency_keys")) or 0)
+    return int(await scalar(app, "SELECT count(*) FROM idempotency_keys"))
 
 
 def post(client: httpx.AsyncClient, body: object, key: str | None) -> Any:
@@ -109,6 +128,11 @@ def post(client: httpx.AsyncClient, body: object, key: str | None) -> Any:
     return client.post(
         "/effects", content=json.dumps(body), headers=headers | {"content-type": "application/json"}
     )
+
+
+def hold(name: str) -> tuple[asyncio.Event, asyncio.Event]:
+    HELD[name], HOLD[name] = asyncio.Event(), asyncio.Event()
+    return HELD[name], HOLD[name]
 
 
 async def test_a_retry_replays_the_first_response_byte_for_byte(
@@ -167,58 +191,100 @@ async def test_a_255_character_key_and_the_quoted_form_are_accepted(client: http
     assert again.headers["idempotent-replayed"] == "true"
 
 
-async def test_fifty_concurrent_retries_take_effect_once(app: FastAPI, client: httpx.AsyncClient) -> None:
-    body = {"n": 1, "linger_s": 0.2}  # the first holds the key a while
-    responses = await asyncio.gather(*(post(client, body, "key-storm") for _ in range(50)))
-    statuses = [response.status_code for response in responses]
+@pytest.mark.parametrize("copies", [20, 50])
+async def test_concurrent_duplicates_are_refused_before_the_handler_calls_out(
+    app: FastAPI, client: httpx.AsyncClient, copies: int
+) -> None:
+    async with ScriptedUpstream(default=Reply(201, {"charged": True}, delay_s=0.5)) as charges:
+        body = {"n": 1, "upstream": charges.url}
+        responses = await asyncio.gather(*(post(client, body, "key-storm") for _ in range(copies)))
+        assert len(charges.received) == 1
+        [call] = charges.received
     assert await effects(app) == 1
-    assert statuses.count(201) >= 1
+    statuses = [response.status_code for response in responses]
     assert set(statuses) <= {201, 409}
-    replays = [r for r in responses if r.status_code == 201 and "idempotent-replayed" in r.headers]
     originals = [r for r in responses if r.status_code == 201 and "idempotent-replayed" not in r.headers]
     assert len(originals) == 1
-    assert all(replay.content == originals[0].content for replay in replays)
+    assert all(r.content == originals[0].content for r in responses if r.status_code == 201)
     for conflict in (r for r in responses if r.status_code == 409):
         assert conflict.json()["type"] == "/problems/idempotency-key-in-use"
         assert conflict.headers["retry-after"] == "1"
+    # The upstream got a key of its own, derived from the client's: never the client's itself,
+    # and another for another client key.
+    assert len(call.headers["idempotency-key"]) == 64
+    async with ScriptedUpstream(default=Reply(201, {"charged": True})) as charges:
+        await post(client, {"n": 2, "upstream": charges.url}, "key-storm-2")
+        [other] = charges.received
+    assert other.headers["idempotency-key"] not in {call.headers["idempotency-key"], "key-storm-2"}
 
 
-async def test_a_crash_before_the_commit_leaves_nothing_and_the_retry_takes_effect_once(
+async def test_a_refusal_the_handler_raises_is_stored_without_its_writes(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
-    CRASHES["left"] = 1
-    crashed = await post(client, {"n": 1}, "key-crash")
-    assert crashed.status_code == 500
-    assert await effects(app) == 0
-    assert await records(app) == 0
+    refused = await post(client, {"n": 1, "then": "refuse"}, "key-refused")
+    again = await post(client, {"n": 1, "then": "refuse"}, "key-refused")
+    assert refused.status_code == 409
+    assert refused.json()["type"] == "/problems/refused"
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == refused.content
+    assert await effects(app) == 0  # the write before the refusal rolled back
 
-    # The client retries the same request with the same key; this time the handler does not crash.
-    first = await post(client, {"n": 1}, "key-crash")
-    again = await post(client, {"n": 1}, "key-crash")
+
+@pytest.mark.parametrize("outcome", ["crash", "raise-503", "return-503"])
+async def test_a_request_without_an_answer_writes_nothing_and_frees_its_key(
+    app: FastAPI, client: httpx.AsyncClient, outcome: str
+) -> None:
+    failed = await post(client, {"n": 1, "then": outcome}, f"key-{outcome}")
+    assert failed.status_code in (500, 503)
+    assert await effects(app) == 0  # a returned 5xx rolls back like a raised one
+    assert await records(app) == 0  # and its claim is gone at once
+
+    # The client retries the same request with the same key; this time it goes through, once.
+    first = await post(client, {"n": 1}, f"key-{outcome}")
+    again = await post(client, {"n": 1}, f"key-{outcome}")
     assert first.status_code == 201
     assert "idempotent-replayed" not in first.headers
     assert again.headers["idempotent-replayed"] == "true"
-    assert again.content == first.content
     assert await effects(app) == 1
     assert await records(app) == 1
 
 
-async def test_a_retry_that_missed_the_stored_answer_still_takes_no_second_effect(
+async def test_a_cancelled_request_releases_its_claim(app: FastAPI, client: httpx.AsyncClient) -> None:
+    held, release = hold("cancel")
+    body = {"n": 1, "hold": "cancel"}
+    request = asyncio.create_task(post(client, body, "key-cancel"))
+    await asyncio.wait_for(held.wait(), 10)
+    assert (await post(client, body, "key-cancel")).status_code == 409  # in flight
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    for _ in range(100):  # the release runs on although its request was cancelled
+        if await records(app) == 0:
+            break
+        await asyncio.sleep(0.02)
+    release.set()
+    retried = await post(client, body, "key-cancel")
+    assert retried.status_code == 201
+    assert await effects(app) == 1
+
+
+async def test_an_expired_lease_is_taken_over_once_and_its_holder_loses(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
-    """The race the lock-free lookup leaves open: B looks the key up while A is in flight, and
-    takes the lock after A committed. B's store then finds A's row: B's write rolls back and B
-    gets A's answer."""
-    body = {"n": 1, "linger_s": 0.3}
-    first = asyncio.create_task(post(client, body, "key-race"))
-    await asyncio.sleep(0.1)  # A holds the key
-    PAUSE_BEFORE_WRITE["s"] = 0.5  # B: looks up now (miss), writes after A has committed
-    second = await post(client, body, "key-race")
-    original = await first
-    assert original.status_code == 201
-    assert second.status_code == 201
-    assert second.headers["idempotent-replayed"] == "true"
-    assert second.content == original.content
+    """A holder that outlives its lease (as if its process had stalled): the key goes to one
+    request of many, and the late holder's effect rolls back instead of committing twice."""
+    held, release = hold("late")
+    late = asyncio.create_task(post(client, {"n": 1, "hold": "late"}, "key-lease"))
+    await asyncio.wait_for(held.wait(), 10)
+    async with app.state.engine.begin() as connection:
+        await connection.execute(text("UPDATE idempotency_keys SET leased_until = now() - interval '1 s'"))
+    takeovers = await asyncio.gather(*(post(client, {"n": 1}, "key-lease") for _ in range(10)))
+    assert {r.status_code for r in takeovers} <= {201, 409}
+    assert sum(r.status_code == 201 and "idempotent-replayed" not in r.headers for r in takeovers) == 1
+    release.set()
+    lost = await late
+    assert lost.status_code == 409
+    assert lost.json()["type"] == "/problems/idempotency-key-in-use"
     assert await effects(app) == 1
 
 
@@ -243,10 +309,11 @@ async def test_an_expired_key_counts_as_new_and_the_purge_deletes_only_expired_r
     for n in range(5):
         assert (await post(client, {"n": n}, f"key-{n}")).status_code == 201
     async with app.state.engine.begin() as connection:
-        past = datetime.now(UTC) - timedelta(seconds=1)
         await connection.execute(
-            text("UPDATE idempotency_keys SET expires_at = :past WHERE key IN ('key-0', 'key-1', 'key-2')"),
-            {"past": past},
+            text(
+                "UPDATE idempotency_keys SET expires_at = now() - interval '1 s'"
+                " WHERE key IN ('key-0', 'key-1', 'key-2')"
+            )
         )
     again = await post(client, {"n": 0}, "key-0")
     assert again.status_code == 201
@@ -258,14 +325,14 @@ async def test_an_expired_key_counts_as_new_and_the_purge_deletes_only_expired_r
     assert await records(app) == 3
 
 
-async def test_outcomes_are_counted_and_logged(app: FastAPI, client: httpx.AsyncClient) -> None:
+async def test_outcomes_are_counted(app: FastAPI, client: httpx.AsyncClient) -> None:
     await post(client, {"n": 1}, "key-1")
     await post(client, {"n": 1}, "key-1")
     await post(client, {"n": 2}, "key-1")
+    await post(client, {"n": 1, "then": "crash"}, "key-2")
     metrics = (await client.get("/metrics")).text
-    assert 'idempotency_outcomes_total{outcome="stored"} 1.0' in metrics
-    assert 'idempotency_outcomes_total{outcome="replay"} 1.0' in metrics
-    assert 'idempotency_outcomes_total{outcome="mismatch"} 1.0' in metrics
+    for outcome in ("stored", "replay", "mismatch", "released"):
+        assert 'idempotency_outcomes_total{outcome="' + outcome + '"} 1.0' in metrics
 
 
 async def test_the_openapi_document_shows_the_header(client: httpx.AsyncClient) -> None:
@@ -273,6 +340,19 @@ async def test_the_openapi_document_shows_the_header(client: httpx.AsyncClient) 
     [header] = [p for p in operation["parameters"] if p["in"] == "header"]
     assert header["name"] == "Idempotency-Key"
     assert "24 hours" in header["description"]
+
+
+def test_a_route_that_cannot_be_replayed_stops_start_up_naming_it() -> None:
+    wrong = APIRouter(route_class=IdempotentRoute)
+
+    async def download() -> StreamingResponse:
+        return StreamingResponse(iter([b"x"]))
+
+    with pytest.raises(TypeError, match="POST /exports: a streaming or file response"):
+        wrong.add_api_route("/exports", download, methods=["POST"])
+    with pytest.raises(TypeError, match="/mixed: an idempotent route cannot also serve safe methods"):
+        wrong.add_api_route("/mixed", download, methods=["GET", "POST"], response_class=JSONResponse)
+    wrong.add_api_route("/reads", download, methods=["GET"])  # safe routes are left alone
 
 
 json_values = strategies.recursive(

@@ -1,6 +1,12 @@
 from __future__ import annotations
 
+import asyncio
+
 import httpx
+from fastapi import BackgroundTasks
+from fastapi import FastAPI
+
+from tests.conftest import serving
 
 
 async def test_requests_are_counted_by_route_template_and_pool_is_exported(client: httpx.AsyncClient) -> None:
@@ -19,3 +25,26 @@ async def test_requests_are_counted_by_route_template_and_pool_is_exported(clien
     assert "/nowhere/12345" not in text
     for gauge in ("db_pool_size", "db_pool_checked_out", "db_pool_checked_in", "db_pool_overflow"):
         assert f"\n{gauge} " in text
+
+
+async def test_latency_ends_at_the_last_byte_not_after_background_tasks(app: FastAPI) -> None:
+    """A background task runs after the response is sent: the client does not wait for it, and
+    neither does the latency the SLO is measured on."""
+
+    async def slow_cleanup() -> None:
+        await asyncio.sleep(0.5)
+
+    async def answer_then_clean_up(background: BackgroundTasks) -> dict[str, bool]:
+        background.add_task(slow_cleanup)
+        return {"ok": True}
+
+    app.add_api_route("/with-background", answer_then_clean_up)
+    async with serving(app) as client:
+        assert (await client.get("/with-background")).status_code == 200
+        metrics = (await client.get("/metrics")).text
+    [total] = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith('http_server_request_duration_seconds_sum{method="GET",route="/with-background"')
+    ]
+    assert total < 0.4

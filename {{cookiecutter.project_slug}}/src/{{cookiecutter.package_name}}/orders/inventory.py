@@ -1,14 +1,16 @@
-"""The inventory service, as the orders domain sees it: how many of a SKU can be sold.
+"""The inventory service, as the orders domain sees it: stock is reserved for each order.
 
-`GET {INVENTORY_URL}/stock/{sku}` answers `{"sku": ..., "available": int}`; the call goes through
-`platform.resilience.Upstream` (deadline, retries, circuit breaker). With `INVENTORY_URL` unset the
-check is skipped, which the start-up log says once.
+`POST {INVENTORY_URL}/reservations` with `{"sku": ..., "quantity": int}` answers 201 (reserved),
+409 `{"available": int}` (not enough) or 404 (no such SKU). A reservation is an outside effect:
+the call carries an `Idempotency-Key` derived from the order request's own
+(`ClaimDep.derive`), so a retry of the order, or a retry of the call (`platform.resilience`
+retries unsafe calls only with a key), reserves once. With `INVENTORY_URL` unset nothing is
+reserved, which the start-up log says once.
 """
 
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import quote
 
 from fastapi import Depends
 from fastapi import Request
@@ -20,8 +22,7 @@ from {{ cookiecutter.package_name }}.platform.resilience import Upstream
 from {{ cookiecutter.package_name }}.platform.resilience import UpstreamUnavailable
 
 
-class Stock(BaseModel):
-    sku: str
+class Shortage(BaseModel):
     available: int
 
 
@@ -29,27 +30,33 @@ class Inventory:
     def __init__(self, upstream: Upstream | None) -> None:
         self.upstream = upstream
 
-    async def ensure_available(self, *, sku: str, quantity: int) -> None:
-        """Raise `Conflict` (409 `insufficient-stock`) unless `quantity` of `sku` can be sold."""
+    async def reserve(self, *, sku: str, quantity: int, idempotency_key: str) -> None:
+        """Reserve `quantity` of `sku`, or raise `Conflict` (409 `insufficient-stock`)."""
         if self.upstream is None:
             return
-        response = await self.upstream.request("GET", f"/stock/{quote(sku, safe='')}")
+        response = await self.upstream.request(
+            "POST",
+            "/reservations",
+            json={"sku": sku, "quantity": quantity},
+            headers={"Idempotency-Key": idempotency_key},
+        )
+        if response.status_code in (200, 201):
+            return
         if response.status_code == 404:
             available = 0
-        elif response.status_code == 200:
+        elif response.status_code == 409:
             try:
-                available = Stock.model_validate_json(response.content).available
+                available = Shortage.model_validate_json(response.content).available
             except ValidationError:
                 raise UpstreamUnavailable("inventory answered with an unexpected body.") from None
         else:
             raise UpstreamUnavailable(f"inventory answered {response.status_code}.")
-        if available < quantity:
-            raise Conflict(
-                f"Only {available} of {sku} available; {quantity} requested.",
-                slug="insufficient-stock",
-                available=available,
-                requested=quantity,
-            )
+        raise Conflict(
+            f"Only {available} of {sku} available; {quantity} requested.",
+            slug="insufficient-stock",
+            available=available,
+            requested=quantity,
+        )
 
 
 def _inventory(request: Request) -> Inventory:

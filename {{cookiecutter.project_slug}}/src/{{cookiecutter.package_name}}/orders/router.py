@@ -21,8 +21,8 @@ from {{ cookiecutter.package_name }}.orders.schemas import OrderCreate
 from {{ cookiecutter.package_name }}.orders.schemas import OrderPage
 from {{ cookiecutter.package_name }}.orders.schemas import OrderRead
 from {{ cookiecutter.package_name }}.platform.errors import PROBLEM_RESPONSES
+from {{ cookiecutter.package_name }}.platform.idempotency import ClaimDep
 from {{ cookiecutter.package_name }}.platform.idempotency import IdempotentRoute
-from {{ cookiecutter.package_name }}.platform.idempotency import RequireIdempotencyKey
 from {{ cookiecutter.package_name }}.settings import Settings
 
 MAX_PAGE_SIZE = 100
@@ -42,7 +42,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
 
 
-# IdempotentRoute stores the answers of routes that require an Idempotency-Key.
+# IdempotentRoute: every unsafe route here requires an Idempotency-Key and replays its answers.
 router = APIRouter(prefix="/v1/orders", tags=["orders"], lifespan=lifespan, route_class=IdempotentRoute)
 
 
@@ -53,16 +53,17 @@ def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    dependencies=[RequireIdempotencyKey],
     responses=_problems(400, 409, 422, 503, 504),
 )
 async def create_order(
-    data: OrderCreate, session: SessionDep, inventory: InventoryDep, response: Response
+    data: OrderCreate, session: SessionDep, inventory: InventoryDep, claim: ClaimDep, response: Response
 ) -> OrderRead:
-    """Create an order once the inventory service confirms the stock (409 `insufficient-stock`
-    otherwise; 503 or 504 when it cannot be asked). Requires an `Idempotency-Key`: a retry with the
-    same key never creates a second order."""
-    order = await service.create(session=session, inventory=inventory, data=data)
+    """Create an order once the inventory service has reserved its stock (409 `insufficient-stock`
+    otherwise, replayed to a retry like a success; 503 or 504 when it cannot be asked). Requires an
+    `Idempotency-Key`: a retry with the same key never creates a second order nor reserves twice."""
+    order = await service.create(
+        session=session, inventory=inventory, data=data, idempotency_key=claim.derive("inventory-reservation")
+    )
     response.headers["Location"] = f"{router.prefix}/{order.id}"
     return OrderRead.model_validate(order)
 

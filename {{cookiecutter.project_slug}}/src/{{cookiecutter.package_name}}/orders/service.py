@@ -23,9 +23,11 @@ from {{ cookiecutter.package_name }}.platform.errors import NotFound
 log = structlog.get_logger(__name__)
 
 
-async def create(*, session: AsyncSession, inventory: Inventory, data: OrderCreate) -> Order:
+async def create(
+    *, session: AsyncSession, inventory: Inventory, data: OrderCreate, idempotency_key: str
+) -> Order:
     # Before the first statement: no connection is held while the upstream is called.
-    await inventory.ensure_available(sku=data.sku, quantity=data.quantity)
+    await inventory.reserve(sku=data.sku, quantity=data.quantity, idempotency_key=idempotency_key)
     order = Order(sku=data.sku, quantity=data.quantity)
     session.add(order)
     await session.flush()

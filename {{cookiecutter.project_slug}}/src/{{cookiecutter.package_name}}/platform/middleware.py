@@ -94,9 +94,17 @@ class RequestContextMiddleware:
 
         status = 500
         response_started = False
+        # When the last byte of the response went out: what the latency measures. Background
+        # tasks run after it, inside `self.app`, and must not count.
+        finished: float | None = None
 
         async def send_with_context(message: Message) -> None:
-            nonlocal status, response_started
+            nonlocal status, response_started, finished
+            if message["type"] == "http.response.body":
+                await send(message)
+                if not message.get("more_body", False):
+                    finished = time.perf_counter()
+                return
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
@@ -129,7 +137,7 @@ class RequestContextMiddleware:
             status = 500
         finally:
             route = _route_template(scope)
-            duration = time.perf_counter() - started
+            duration = (finished or time.perf_counter()) - started
             if span.is_recording():
                 span.update_name(f"{method} {route}")
                 span.set_attributes({"http.route": route, "http.response.status_code": status})
