@@ -50,7 +50,7 @@ class Crash(Exception):
     pass
 
 
-# Handlers that wait on `HOLD` announce it on `HELD` first, so a test acts while a key is held.
+# The first handler that waits on `HOLD` announces it on `HELD`, so a test acts while a key is held.
 HOLD: dict[str, asyncio.Event] = {}
 HELD: dict[str, asyncio.Event] = {}
 
@@ -70,9 +70,9 @@ async def make_effect(request: Request, session: SessionDep, claim: ClaimDep, re
         {"id": effect_id, "note": json.dumps(body)},
     )
     await session.flush()
-    if "hold" in order:
+    if order.get("hold") in HOLD:  # the first handler with this body holds; retries do not
         HELD[order["hold"]].set()
-        await HOLD[order["hold"]].wait()
+        await HOLD.pop(order["hold"]).wait()
     outcome = order.get("then")
     if outcome == "crash":
         raise Crash("after the write, before the commit")
@@ -274,15 +274,18 @@ async def test_an_expired_lease_is_taken_over_once_and_its_holder_loses(
     """A holder that outlives its lease (as if its process had stalled): the key goes to one
     request of many, and the late holder's effect rolls back instead of committing twice."""
     held, release = hold("late")
-    late = asyncio.create_task(post(client, {"n": 1, "hold": "late"}, "key-lease"))
+    body = {"n": 1, "hold": "late"}  # the same request: its retries take over, and do not hold
+    late = asyncio.create_task(post(client, body, "key-lease"))
     await asyncio.wait_for(held.wait(), 10)
     async with app.state.engine.begin() as connection:
         await connection.execute(text("UPDATE idempotency_keys SET leased_until = now() - interval '1 s'"))
-    takeovers = await asyncio.gather(*(post(client, {"n": 1}, "key-lease") for _ in range(10)))
+    try:
+        takeovers = await asyncio.gather(*(post(client, body, "key-lease") for _ in range(10)))
+    finally:
+        release.set()  # even when the requests failed: the held transaction must end
+    lost = await late
     assert {r.status_code for r in takeovers} <= {201, 409}
     assert sum(r.status_code == 201 and "idempotent-replayed" not in r.headers for r in takeovers) == 1
-    release.set()
-    lost = await late
     assert lost.status_code == 409
     assert lost.json()["type"] == "/problems/idempotency-key-in-use"
     assert await effects(app) == 1
