@@ -8,7 +8,7 @@ BUILD := build
 DEMO := $(BUILD)/orders-service
 
 .DEFAULT_GOAL := help
-.PHONY: help tools demo bake test lint bench clean
+.PHONY: help tools demo bake test lint lock bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -22,7 +22,7 @@ tools:  ## make sure uv is installed (pip installs it when it is not)
 	@touch $@
 
 bake: .venv/.installed  ## bake the default service into build/ (git-ignored)
-	.venv/bin/cookiecutter --no-input --overwrite-if-exists --output-dir $(BUILD) .
+	.venv/bin/cookiecutter --no-input --overwrite-if-exists --output-dir $(BUILD) $(CURDIR)
 
 demo: bake  ## bake the default service and run it on embedded PostgreSQL
 	@echo "Serving on http://127.0.0.1:$${PORT:-8000}: /docs, /health, /ready, /metrics, /v1/orders. Ctrl-C stops it."
@@ -32,8 +32,11 @@ test: .venv/.installed  ## bake every combination; lint and test each bake; run 
 	.venv/bin/pytest $(PYTEST_ARGS)
 
 lint: .venv/.installed  ## lint the template's own code (hooks, tests, bench)
-	.venv/bin/ruff check hooks tests bench
-	.venv/bin/ruff format --check hooks tests bench
+	.venv/bin/ruff check hooks tests bench tools
+	.venv/bin/ruff format --check hooks tests bench tools
+
+lock: .venv/.installed  ## re-resolve the baked service's uv.lock (UPGRADE=1: the newest versions its ranges allow)
+	.venv/bin/python tools/lock.py $(if $(UPGRADE),--upgrade)
 
 bench: .venv/.installed  ## what the standards cost vs bare FastAPI (installs wrk if it can)
 	.venv/bin/python bench/run.py $(BENCH_ARGS)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,30 @@ def test_the_bake_passes_its_own_lint_and_tests(baked: dict[str, Path], combinat
         assert result.returncode == 0, f"make {target} in {project.name}:\n{result.stdout}\n{result.stderr}"
     assert re.search(r"\d+ passed", result.stdout), result.stdout
     assert " failed" not in result.stdout
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS)
+def test_the_bake_ships_its_lock_and_installs_from_it_offline(
+    baked: dict[str, Path], combination: str, tmp_path: Path
+) -> None:
+    """The versions a bake installs are the template's tested ones: its uv.lock matches its
+    pyproject.toml, and with the package cache warm it installs without the network."""
+    project = baked[combination]
+    uv = os.environ.get("UV", "uv").split()
+    offline = os.environ | {"UV_OFFLINE": "1", "UV_PROJECT_ENVIRONMENT": str(tmp_path / "venv")}
+    checked = subprocess.run(
+        [*uv, "lock", "--check"], cwd=project, env=offline, capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stderr
+    installed = subprocess.run(
+        [*uv, "sync", "--locked", "--no-dev"], cwd=project, env=offline, capture_output=True, text=True
+    )
+    assert installed.returncode == 0, installed.stderr
+    # Production gets no development extras: no auto-reloader, no test tools.
+    packages = {
+        path.name.split("-")[0].lower()
+        for path in (tmp_path / "venv").glob("lib/python*/site-packages/*.dist-info")
+    }
+    assert "uvicorn" in packages
+    assert "httptools" in packages
+    assert not {"watchfiles", "pytest", "cookiecutter"} & packages
