@@ -13,6 +13,7 @@ import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator
+from collections.abc import Awaitable
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,14 @@ async def test_a_statement_past_the_statement_timeout_is_a_503(app: FastAPI, log
         assert await transient_errors(client, "57014") == before + 1
 
 
+async def the_one_that_fails(*requests: Awaitable[httpx.Response]) -> httpx.Response:
+    """Two requests that conflict, run at once: one succeeds, the other is returned."""
+    responses = await asyncio.wait_for(asyncio.gather(*requests), WAIT_S)
+    [failed] = [response for response in responses if response.status_code != 200]
+    assert [response.status_code for response in responses].count(200) == 1
+    return failed
+
+
 # Lock waits outlast PostgreSQL's deadlock_timeout (1 s), so the deadlock detector is what ends them.
 @pytest.mark.parametrize(
     "overrides",
@@ -205,11 +214,7 @@ async def test_a_deadlock_is_a_503_for_the_transaction_rolled_back(
 ) -> None:
     async with serving(app) as client:
         before = await transient_errors(client, "40P01")
-        responses = await asyncio.wait_for(
-            asyncio.gather(client.post("/lock/1/then/2"), client.post("/lock/2/then/1")), WAIT_S
-        )
-        [victim] = [response for response in responses if response.status_code != 200]
-        assert [response.status_code for response in responses].count(200) == 1
+        victim = await the_one_that_fails(client.post("/lock/1/then/2"), client.post("/lock/2/then/1"))
         assert_transient(victim, log_lines, sqlstate="40P01", slug="database-deadlock")
         assert await transient_errors(client, "40P01") == before + 1
 
@@ -219,11 +224,7 @@ async def test_a_serialization_failure_is_a_503_for_the_transaction_that_lost(
 ) -> None:
     async with serving(app) as client:
         before = await transient_errors(client, "40001")
-        responses = await asyncio.wait_for(
-            asyncio.gather(client.post("/skew/a/b"), client.post("/skew/b/a")), WAIT_S
-        )
-        [loser] = [response for response in responses if response.status_code != 200]
-        assert [response.status_code for response in responses].count(200) == 1
+        loser = await the_one_that_fails(client.post("/skew/a/b"), client.post("/skew/b/a"))
         assert_transient(loser, log_lines, sqlstate="40001", slug="database-serialization-failure")
         assert await transient_errors(client, "40001") == before + 1
     async with admin.connect() as connection:  # the loser's write was rolled back
