@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 from asgi_lifespan import LifespanManager
+from fastapi import APIRouter
 from fastapi import FastAPI
 from pydantic import BaseModel
 from pydantic import ConfigDict
@@ -41,6 +42,19 @@ async def test_unknown_route_is_a_404_problem(client: httpx.AsyncClient) -> None
 
 async def test_wrong_method_is_a_405_problem(client: httpx.AsyncClient) -> None:
     assert_problem(await client.delete("/health"), 405, "/problems/method-not-allowed")
+
+
+async def test_a_405_allows_every_method_the_path_serves(app: FastAPI) -> None:
+    """GET and POST on one path are two routes; the 405 must name both, not the first one's."""
+    things = APIRouter(prefix="/things")
+    things.add_api_route("", lambda: [], methods=["GET"])
+    things.add_api_route("", lambda: {}, methods=["POST"], status_code=201)
+    app.include_router(things)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        response = await client.options("/things")
+    assert_problem(response, 405, "/problems/method-not-allowed")
+    assert response.headers["allow"] == "GET, POST"
 
 
 async def test_a_service_error_keeps_its_status_type_and_detail(

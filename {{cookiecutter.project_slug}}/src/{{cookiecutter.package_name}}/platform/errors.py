@@ -50,6 +50,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
 
 from {{ cookiecutter.package_name }}.db.session import DatabaseUnreachable
 from {{ cookiecutter.package_name }}.platform.metrics import Metrics
@@ -200,7 +201,25 @@ def _render(request: Request, exc: ServiceError) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route that matched the path only; a path served
+        # by several routes (GET and POST /v1/orders) must list them all (RFC 9110, 15.5.6).
+        exc.headers = {**(exc.headers or {}), "Allow": ", ".join(_allowed_methods(request))}
     return _render_http(request, exc)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in request.app.routes
+        )
+    ]
 
 
 def _render_http(request: Request, exc: HTTPException) -> Response:
