@@ -111,3 +111,9 @@ async def test_a_forged_cursor_is_a_400_problem(client: httpx.AsyncClient, curso
     response = await client.get("/v1/orders", params={"cursor": cursor})
     assert response.status_code == 400
     assert response.json()["type"] == "/problems/invalid-cursor"
+
+
+async def test_a_cursor_outside_its_alphabet_is_refused_as_the_schema_says(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/orders", params={"cursor": "not base64!"})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["loc"] == ["query", "cursor"]

@@ -342,7 +342,10 @@ async def test_the_openapi_document_shows_the_header(client: httpx.AsyncClient) 
     operation = (await client.get("/openapi.json")).json()["paths"]["/effects"]["post"]
     [header] = [p for p in operation["parameters"] if p["in"] == "header"]
     assert header["name"] == "Idempotency-Key"
+    assert header["required"] is True  # declared as the service enforces it (with a 400)
     assert "24 hours" in header["description"]
+    for status in ("400", "409", "422"):  # what the standard answers, as problem+json
+        assert "application/problem+json" in operation["responses"][status]["content"]
 
 
 def test_a_route_that_cannot_be_replayed_stops_start_up_naming_it() -> None:

@@ -68,19 +68,24 @@ async def create_order(
     return OrderRead.model_validate(order)
 
 
-@router.get("/{order_id}", responses=_problems(404, 422))
+@router.get("/{order_id}", responses=_problems(404, 422, 503))
 async def get_order(order_id: uuid.UUID, session: SessionDep) -> OrderRead:
     return OrderRead.model_validate(await service.get(session=session, order_id=order_id))
 
 
-@router.get("", responses=_problems(400, 422))
+@router.get("", responses=_problems(400, 422, 503))
 async def list_orders(
     session: SessionDep,
     limit: Annotated[
         int, Query(ge=1, description=f"Page size; values above {MAX_PAGE_SIZE} are capped.")
     ] = 20,
     cursor: Annotated[
-        str | None, Query(max_length=512, description="`next_cursor` of the previous page.")
+        str | None,
+        Query(
+            max_length=512,
+            pattern=r"^[A-Za-z0-9_-]+$",  # base64url, as `next_cursor` is made
+            description="`next_cursor` of the previous page, as it was given; any other value is a 400.",
+        ),
     ] = None,
 ) -> OrderPage:
     orders, next_cursor = await service.list_page(

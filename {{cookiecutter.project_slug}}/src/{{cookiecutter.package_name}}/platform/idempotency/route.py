@@ -17,7 +17,6 @@ import orjson
 import structlog
 from fastapi import Depends
 from fastapi import FastAPI
-from fastapi import Header
 from fastapi import Request
 from fastapi import Response
 from fastapi.dependencies.utils import get_typed_return_annotation
@@ -199,26 +198,13 @@ def _replay_or_refusal(
 
 
 async def _claim(
-    request: Request,
-    principal: Annotated[str, Depends(current_principal)],
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias=KEY_HEADER,
-            description=(
-                "Required. A unique value per operation (a UUID is ideal). A retry with the same key "
-                "and the same request returns the first answer (any status below 500) with "
-                "`Idempotent-Replayed: true`; with a different request, 422; while the first is in "
-                "flight, 409 with Retry-After. Answers are kept for IDEMPOTENCY_RETENTION_S (24 hours "
-                "by default); 5xx answers and requests refused before the handler ran are not kept."
-            ),
-            examples=["8e03978e-40d5-43e8-bc93-6894a57f9324"],
-        ),
-    ] = None,
+    request: Request, principal: Annotated[str, Depends(current_principal)]
 ) -> AsyncIterator[Claim]:
     """Claim the key before anything of the handler runs; after the request, settle the claim.
     Request-scoped: the settling runs once the request's transaction has ended."""
-    key = parse_key(idempotency_key)
+    # Read here, not declared as a FastAPI parameter: a missing key is this standard's 400, not a
+    # 422 field error. The OpenAPI document declares it required (`KEY_PARAMETER`).
+    key = parse_key(request.headers.get(KEY_HEADER))
     metrics: Metrics = request.app.state.metrics
     route: APIRoute = request.scope["route"]
     scope = KeyScope(principal=principal, method=request.method, route=route.path, key=key)
@@ -247,6 +233,25 @@ ClaimDep = Annotated[Claim, Depends(_bind_session)]
 """The request's claim, for a handler that passes `claim.derive("purpose")` to an upstream."""
 
 
+KEY_PARAMETER = {
+    "name": KEY_HEADER,
+    "in": "header",
+    "required": True,
+    # A bare token, or the same as an RFC 8941 quoted string.
+    "schema": {"type": "string", "pattern": f'^({_SAFE_KEY.pattern}|"{_SAFE_KEY.pattern}")$'},
+    "description": (
+        "A unique value per operation (a UUID is ideal). A retry with the same key and the same "
+        "request returns the first answer (any status below 500) with `Idempotent-Replayed: true`; "
+        "with a different request, 422; while the first is in flight, 409 with Retry-After. Answers "
+        "are kept for IDEMPOTENCY_RETENTION_S (24 hours by default); 5xx answers and requests refused "
+        "before the handler ran are not kept. Missing or malformed: 400."
+    ),
+    "example": "8e03978e-40d5-43e8-bc93-6894a57f9324",
+}
+# What the standard itself can answer on every idempotent route.
+KEY_PROBLEMS = (400, 409, 422)
+
+
 class IdempotentRoute(APIRoute):
     """The one declaration: `APIRouter(route_class=IdempotentRoute)`. Each unsafe route of the
     router (POST, PUT, PATCH, DELETE) requires an `Idempotency-Key`; its safe routes are untouched.
@@ -262,6 +267,13 @@ class IdempotentRoute(APIRoute):
             if _streams(kwargs.get("response_class"), endpoint):
                 raise TypeError(f"{where}: a streaming or file response cannot be stored and replayed")
             kwargs["dependencies"] = [Depends(_bind_session), *(kwargs.get("dependencies") or ())]
+            extra = dict(kwargs.get("openapi_extra") or {})
+            extra["parameters"] = [KEY_PARAMETER, *extra.get("parameters", ())]
+            kwargs["openapi_extra"] = extra
+            kwargs["responses"] = {
+                **{code: errors.PROBLEM_RESPONSES[code] for code in KEY_PROBLEMS},
+                **(kwargs.get("responses") or {}),
+            }
         super().__init__(path, endpoint, **kwargs)
         if self.idempotent and (self.is_sse_stream or self.is_json_stream):
             raise TypeError(f"{path}: a streaming response cannot be stored and replayed")
