@@ -8,7 +8,7 @@ BUILD := build
 DEMO := $(BUILD)/orders-service
 
 .DEFAULT_GOAL := help
-.PHONY: help tools demo bake test lint lock bench clean
+.PHONY: help tools demo bake test lint lock openapi bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ lint: .venv/.installed  ## lint the template's own code (hooks, tests, bench)
 
 lock: .venv/.installed  ## re-resolve the baked service's uv.lock (UPGRADE=1: the newest versions its ranges allow)
 	.venv/bin/python tools/lock.py $(if $(UPGRADE),--upgrade)
+
+openapi: .venv/.installed  ## regenerate the OpenAPI document every bake commits (after an API change)
+	.venv/bin/python tools/openapi.py
 
 bench: .venv/.installed  ## what the standards cost vs bare FastAPI (installs wrk if it can)
 	.venv/bin/python bench/run.py $(BENCH_ARGS)

@@ -116,6 +116,7 @@ def test_an_update_brings_the_release_and_keeps_the_teams_work(releases: Path, t
         "db_pool_size: int = Field(default=10,",
         "db_pool_size: int = Field(default=20,",
     )
+    assert make(project, "openapi").returncode == 0  # the page size is in the API's description
     commit_all(project, "Our page size and pool")
 
     result = make(project, "template-update", VERSION="v1.1.0")
