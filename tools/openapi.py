@@ -34,10 +34,13 @@ def document(example_domain: bool, scratch: Path) -> str:
     subprocess.run([*uv, "sync", "--locked", "--quiet"], cwd=baked, check=True)
     subprocess.run([baked / ".venv/bin/python", "scripts/openapi.py", "write"], cwd=baked, check=True)
     text = (baked / "openapi.json").read_text()
-    for value, variable in ((NAME, "project_name"), (DESCRIPTION, "description")):
+    for value, variable in (
+        (NAME, "{{ cookiecutter.project_name }}"),
+        (DESCRIPTION, "{{ cookiecutter.description }}"),
+    ):
         if value not in text:
             raise SystemExit(f"openapi: {value!r} is not in the generated document")
-        text = text.replace(value, "{{ cookiecutter.%s }}" % variable)
+        text = text.replace(value, variable)
     return text
 
 
