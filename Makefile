@@ -29,7 +29,7 @@ demo: bake  ## bake the default service and run it on embedded PostgreSQL
 	$(MAKE) -C $(DEMO) run
 
 test: .venv/.installed  ## bake every combination; lint and test each bake; run the default one
-	.venv/bin/pytest $(PYTEST_ARGS)
+	.venv/bin/pytest -n 2 $(PYTEST_ARGS)
 
 lint: .venv/.installed  ## lint the template's own code (hooks, tests, bench)
 	.venv/bin/ruff check hooks tests bench tools

@@ -344,7 +344,7 @@ async def test_the_openapi_document_shows_the_header(client: httpx.AsyncClient) 
     assert header["name"] == "Idempotency-Key"
     assert header["required"] is True  # declared as the service enforces it (with a 400)
     assert "24 hours" in header["description"]
-    for status in ("400", "409", "422"):  # what the standard answers, as problem+json
+    for status in ("400", "409", "413", "422"):  # what the platform answers, as problem+json
         assert "application/problem+json" in operation["responses"][status]["content"]
 
 

@@ -248,8 +248,9 @@ KEY_PARAMETER = {
     ),
     "example": "8e03978e-40d5-43e8-bc93-6894a57f9324",
 }
-# What the standard itself can answer on every idempotent route.
-KEY_PROBLEMS = (400, 409, 422)
+# What the platform itself can answer on every idempotent route: the key's 400/409/422, and 413
+# for a body over MAX_BODY_BYTES (an unsafe route takes a body).
+KEY_PROBLEMS = (400, 409, 413, 422)
 
 
 class IdempotentRoute(APIRoute):
