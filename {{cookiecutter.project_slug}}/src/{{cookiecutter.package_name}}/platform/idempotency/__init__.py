@@ -37,9 +37,9 @@ Records expire after the retention; `purge_expired` deletes them in small batche
 of the app, and `python -m <package> purge-idempotency-keys`).
 """
 
+from {{ cookiecutter.package_name }}.platform.idempotency.key import KEY_HEADER
 from {{ cookiecutter.package_name }}.platform.idempotency.purge import purge_expired
 from {{ cookiecutter.package_name }}.platform.idempotency.purge import purge_periodically
-from {{ cookiecutter.package_name }}.platform.idempotency.route import KEY_HEADER
 from {{ cookiecutter.package_name }}.platform.idempotency.route import REPLAYED_HEADER
 from {{ cookiecutter.package_name }}.platform.idempotency.route import Claim
 from {{ cookiecutter.package_name }}.platform.idempotency.route import ClaimDep
