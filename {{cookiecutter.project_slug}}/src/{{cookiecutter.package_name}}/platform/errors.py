@@ -203,7 +203,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
         # Starlette names the methods of the first route that matched the path only; a path served
-        # by several routes (GET and POST /v1/orders) must list them all (RFC 9110, 15.5.6).
+        # by several routes (a GET list and a POST create) must list them all (RFC 9110, 15.5.6).
         exc.headers = {**(exc.headers or {}), "Allow": ", ".join(_allowed_methods(request))}
     return _render_http(request, exc)
 
