@@ -35,6 +35,7 @@ from starlette.types import Scope
 from starlette.types import Send
 
 from {{ cookiecutter.package_name }}.platform import deadline
+from {{ cookiecutter.package_name }}.platform import deprecation
 from {{ cookiecutter.package_name }}.platform import errors
 from {{ cookiecutter.package_name }}.platform import shutdown
 from {{ cookiecutter.package_name }}.platform.metrics import Metrics
@@ -112,6 +113,8 @@ class RequestContextMiddleware:
                 headers = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
                 if shutdown.is_draining():  # kept-alive clients must reconnect elsewhere
                     headers.append((b"connection", b"close"))
+                # A deprecated route says so on every answer, errors included (`deprecation`).
+                headers.extend(deprecation.headers(getattr(scope.get("route"), "openapi_extra", None)))
                 message["headers"] = headers
             await send(message)
 
