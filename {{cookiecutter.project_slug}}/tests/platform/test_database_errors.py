@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 from collections.abc import AsyncIterator
 from collections.abc import Awaitable
@@ -38,6 +39,7 @@ from {{ cookiecutter.package_name }}.db.session import SessionDep
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import to_async_url
 
+from tests.conftest import PROJECT
 from tests.conftest import make_settings
 from tests.conftest import serving
 
@@ -290,10 +292,12 @@ async def _refuses_connections(url: URL) -> bool:
 
 class TestAServerShuttingDown:
     @pytest.fixture
-    async def target(self, tmp_path: Path) -> AsyncIterator[URL]:
+    async def target(self) -> AsyncIterator[URL]:
         """A throwaway server in a smart shutdown (SIGTERM to the postmaster): it refuses new
-        connections with 57P03 while the session it still has keeps it from stopping."""
-        data_dir = tmp_path / "postgres"
+        connections with 57P03 while the session it still has keeps it from stopping. Its data
+        lives in the project's .data/ like the suite's own server: pytest makes its temporary
+        directories private again whenever a session starts, which the server's user cannot cross."""
+        data_dir = PROJECT / ".data" / f"postgres-shutdown-{uuid4().hex[:8]}"
         url = to_async_url(embedded.start(data_dir))
         postmaster = _postmaster(data_dir)
         engine = create_async_engine(url, poolclass=NullPool)
@@ -314,6 +318,8 @@ class TestAServerShuttingDown:
             except psutil.TimeoutExpired:
                 os.kill(postmaster.pid, signal.SIGQUIT)
                 raise
+            finally:
+                shutil.rmtree(data_dir, ignore_errors=True)
 
     async def test_is_a_503_not_accepting_connections(self, app: FastAPI, log_lines: LogLines) -> None:
         async with serving(app) as client:
