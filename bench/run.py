@@ -141,6 +141,7 @@ def start_server(app: str, port: int, database_url: str) -> subprocess.Popen[str
         "PYTHONPATH": str(APPS),
         "LOG_LEVEL": "INFO",
         "MIGRATIONS_DIR": str(PROJECT / "migrations"),
+        "METRICS_PORT": "0",  # any free port: several servers run at once
     }
     command = ["taskset", "-c", SERVER_CPU, str(PROJECT / ".venv" / "bin" / "uvicorn"), app, "--factory"]
     command += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
@@ -210,6 +211,7 @@ def cold_start(database_url: str) -> float:
         port,
         DATABASE_URL=database_url,
         PORT=str(port),
+        METRICS_PORT="0",
         SHUTDOWN_DELAY_S="0",
         LOG_LEVEL="WARNING",
     )

@@ -84,7 +84,17 @@ def migrations_with(tmp_path: Path, name: str, revision: str) -> Path:
 
 def make_settings(url: URL | str, **overrides: Any) -> Settings:
     raw = url.render_as_string(hide_password=False) if isinstance(url, URL) else url
+    # Metrics on any free port: many apps run at once in a test session.
+    overrides.setdefault("metrics_port", 0)
     return Settings(database_url=raw, migrations_dir=MIGRATIONS, **overrides)  # type: ignore[arg-type]
+
+
+async def scrape(app: FastAPI) -> str:
+    """What Prometheus reads from the app's metrics port (its lifespan must be running)."""
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{app.state.metrics_port}/metrics", timeout=5)
+    response.raise_for_status()
+    return response.text
 
 
 @asynccontextmanager

@@ -17,17 +17,19 @@ from tests.upstream import closed_port
 
 
 class Service:
-    def __init__(self, process: subprocess.Popen[str], base: str) -> None:
+    def __init__(self, process: subprocess.Popen[str], base: str, metrics: str) -> None:
         self.process = process
         self.base = base
+        self.metrics = metrics  # the /metrics URL, on the metrics port
 
 
 @contextmanager
 def running(database_url: str, **env: str) -> Iterator[Service]:
-    port = closed_port()
+    port, metrics_port = closed_port(), closed_port()
     variables = os.environ | {
         "DATABASE_URL": database_url,
         "PORT": str(port),
+        "METRICS_PORT": str(metrics_port),
         "MIGRATIONS_DIR": str(MIGRATIONS),
         "LOG_LEVEL": "WARNING",
     }
@@ -52,7 +54,7 @@ def running(database_url: str, **env: str) -> Iterator[Service]:
             raise RuntimeError(
                 f"the service did not become ready: {process.stderr.read() if process.stderr else ''}"
             )
-        yield Service(process, base)
+        yield Service(process, base, f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
         if process.poll() is None:
             process.kill()

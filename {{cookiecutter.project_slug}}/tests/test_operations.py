@@ -13,10 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from fastapi import FastAPI
 
 from {{ cookiecutter.package_name }}.platform.metrics import Metrics
 
 from tests.conftest import PROJECT
+from tests.conftest import scrape
 
 RUNBOOK = PROJECT / "RUNBOOK.md"
 ALERTS = PROJECT / "deploy" / "prometheus" / "alerts.yaml"
@@ -104,8 +106,8 @@ def anchor(heading: str) -> str:
 
 
 @pytest.fixture
-async def metric_names(client: httpx.AsyncClient) -> set[str]:
-    return exported_metrics((await client.get("/metrics")).text)
+async def metric_names(app: FastAPI, client: httpx.AsyncClient) -> set[str]:
+    return exported_metrics(await scrape(app))
 
 
 async def test_every_metric_and_event_the_runbook_names_exists(metric_names: set[str]) -> None:

@@ -75,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_cleanly)
     base = f"http://{settings.host}:{settings.port}"
     log.info(
-        "service_listening", url=base, docs=f"{base}/docs", ready=f"{base}/ready", metrics=f"{base}/metrics"
+        "service_listening",
+        url=base,
+        docs=f"{base}/docs" if settings.serves_docs else None,
+        ready=f"{base}/ready",
+        metrics=f"http://{settings.host}:{settings.metrics_port}/metrics",
     )
     config = uvicorn.Config(
         "{{ cookiecutter.package_name }}.main:create_app",

@@ -81,11 +81,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.upstreams = resilience.Upstreams(
                 client, settings=settings, metrics=metrics, tracer=tracer
             )
+            try:
+                metrics_server = metrics.serve(settings.host, settings.metrics_port)
+            except OSError as exc:
+                # WORKERS > 1: the first worker serves the port; each process counts its own traffic.
+                log.warning("metrics_port_unavailable", port=settings.metrics_port, error=str(exc))
+            else:
+                resources.push_async_callback(asyncio.to_thread, metrics_server.close)
+                app.state.metrics_port = metrics_server.port
             app.state.readiness = health.Readiness(
                 probe_engine,
                 expected_heads=migrations.expected_heads(settings.migrations_dir),
                 known_revisions=migrations.known_revisions(settings.migrations_dir),
                 timeout_s=settings.ready_timeout_s,
+                cache_s=settings.ready_cache_s,
                 metrics=metrics,
             )
             purger = asyncio.create_task(
@@ -104,11 +113,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.state.readiness.shutting_down = True
         log.info("service_stopped", service=settings.service_name)
 
+    docs = settings.serves_docs
     app = FastAPI(
         title="{{ cookiecutter.project_name }}",
         description=API_DESCRIPTION,
         version="0.1.0",
         lifespan=lifespan,
+        # Off in production unless DOCS_ENABLED: the document maps every route for a caller.
+        openapi_url="/openapi.json" if docs else None,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -116,18 +130,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     idempotency.install(app)
     app.include_router(health.router)
-    app.add_api_route("/metrics", metrics.endpoint, include_in_schema=False)
     for module in domains.modules("router"):
         router = getattr(module, "router", None)
         if not isinstance(router, APIRouter):
             raise TypeError(f"{module.__name__} must define `router = APIRouter(...)`")
         app.include_router(router)
+    logs.protect_personal_data()  # the domains' schemas are imported by now
     app.add_middleware(
         RequestContextMiddleware,
         tracer=tracer,
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         request_timeout_s=settings.request_timeout_s,
+        trust_incoming_trace=settings.trace_trust_incoming,
     )
     return app
 

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     log_level: LogLevel = "INFO"
+    # /metrics is served on its own port, on HOST, never on the API's (0: any free port, for tests).
+    metrics_port: int = Field(default=9090, ge=0, le=65535)
+    # /docs and /openapi.json: served unless ENVIRONMENT=production (set DOCS_ENABLED=true to keep them).
+    docs_enabled: bool | None = None
 
     # None means "no server given": `make run` and the tests start the embedded PostgreSQL.
     database_url: SecretStr | None = None
@@ -69,6 +73,8 @@ class Settings(BaseSettings):
     db_idle_in_transaction_timeout_s: PositiveSeconds = 15.0
     db_lock_timeout_s: PositiveSeconds = 2.0
     ready_timeout_s: PositiveSeconds = 1.0
+    # How old a /ready answer may be: probes arriving together share one check (one connection).
+    ready_cache_s: float = Field(default=1.0, ge=0, le=60)
 
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
 
@@ -108,6 +114,11 @@ class Settings(BaseSettings):
     otel_service_name: str = "{{ cookiecutter.project_slug }}"
     otel_exporter_otlp_endpoint: str | None = None
     otel_sdk_disabled: bool = False
+    # An incoming `traceparent` is continued (false: an edge service starts its own trace and links
+    # the caller's, so nobody outside decides its trace ids or sampling). `baggage` is read only when
+    # the trace is trusted, and is forwarded to upstreams only when asked for: it may carry data.
+    trace_trust_incoming: bool = True
+    trace_forward_baggage: bool = False
 
     @field_validator("migrations_dir")
     @classmethod
@@ -148,6 +159,17 @@ class Settings(BaseSettings):
         if self.migration_lock_budget_s <= self.migration_lock_timeout_s:
             raise ValueError("MIGRATION_LOCK_BUDGET_S must be longer than MIGRATION_LOCK_TIMEOUT_S")
         return self
+
+    @model_validator(mode="after")
+    def _metrics_off_the_api_port(self) -> Settings:
+        if self.metrics_port == self.port:
+            raise ValueError("METRICS_PORT must differ from PORT: metrics are not served with the API")
+        return self
+
+    @property
+    def serves_docs(self) -> bool:
+        """Whether /docs and /openapi.json are served: DOCS_ENABLED, else all but production."""
+        return self.docs_enabled if self.docs_enabled is not None else self.environment != "production"
 
     def database_async_url(self) -> URL | None:
         """The configured URL with the async driver, or None when none is configured."""

@@ -41,6 +41,7 @@ from {{ cookiecutter.package_name }}.settings import to_async_url
 
 from tests.conftest import PROJECT
 from tests.conftest import make_settings
+from tests.conftest import scrape
 from tests.conftest import serving
 
 # Upper bound of every wait on the other request or on the server; never reached when all is well.
@@ -145,9 +146,9 @@ async def admin(database_url: URL) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-async def transient_errors(client: httpx.AsyncClient, sqlstate: str) -> float:
+async def transient_errors(app: FastAPI, sqlstate: str) -> float:
     """The `database_transient_errors_total` sample for `sqlstate`, 0 before its first error."""
-    metrics = text_string_to_metric_families((await client.get("/metrics")).text)
+    metrics = text_string_to_metric_families(await scrape(app))
     [family] = [family for family in metrics if family.name == "database_transient_errors"]
     samples = [
         s.value for s in family.samples if s.name.endswith("_total") and s.labels == {"sqlstate": sqlstate}
@@ -178,23 +179,23 @@ async def test_a_lock_held_past_the_lock_timeout_is_a_503(
     app: FastAPI, admin: AsyncEngine, log_lines: LogLines
 ) -> None:
     async with serving(app) as client, admin.connect() as holder:
-        before = await transient_errors(client, "55P03")
+        before = await transient_errors(app, "55P03")
         async with holder.begin():
             await holder.execute(text("LOCK TABLE database_errors_rows IN ACCESS EXCLUSIVE MODE"))
             response = await client.get("/rows")
         assert_transient(response, log_lines, sqlstate="55P03", slug="database-lock-timeout")
-        assert await transient_errors(client, "55P03") == before + 1
+        assert await transient_errors(app, "55P03") == before + 1
         assert (await client.get("/rows")).status_code == 200  # the lock released, the retry succeeds
 
 
 @pytest.mark.parametrize("overrides", [{"db_statement_timeout_s": 0.2}], ids=["DB_STATEMENT_TIMEOUT_S=0.2"])
 async def test_a_statement_past_the_statement_timeout_is_a_503(app: FastAPI, log_lines: LogLines) -> None:
     async with serving(app) as client:
-        before = await transient_errors(client, "57014")
+        before = await transient_errors(app, "57014")
         # Shorter than the driver's own backstop (statement timeout + 1 s): the server cancels it.
         response = await client.get("/sleep", params={"seconds": 1.0})
         assert_transient(response, log_lines, sqlstate="57014", slug="database-statement-timeout")
-        assert await transient_errors(client, "57014") == before + 1
+        assert await transient_errors(app, "57014") == before + 1
 
 
 async def the_one_that_fails(*requests: Awaitable[httpx.Response]) -> httpx.Response:
@@ -215,20 +216,20 @@ async def test_a_deadlock_is_a_503_for_the_transaction_rolled_back(
     app: FastAPI, admin: AsyncEngine, log_lines: LogLines
 ) -> None:
     async with serving(app) as client:
-        before = await transient_errors(client, "40P01")
+        before = await transient_errors(app, "40P01")
         victim = await the_one_that_fails(client.post("/lock/1/then/2"), client.post("/lock/2/then/1"))
         assert_transient(victim, log_lines, sqlstate="40P01", slug="database-deadlock")
-        assert await transient_errors(client, "40P01") == before + 1
+        assert await transient_errors(app, "40P01") == before + 1
 
 
 async def test_a_serialization_failure_is_a_503_for_the_transaction_that_lost(
     app: FastAPI, admin: AsyncEngine, log_lines: LogLines
 ) -> None:
     async with serving(app) as client:
-        before = await transient_errors(client, "40001")
+        before = await transient_errors(app, "40001")
         loser = await the_one_that_fails(client.post("/skew/a/b"), client.post("/skew/b/a"))
         assert_transient(loser, log_lines, sqlstate="40001", slug="database-serialization-failure")
-        assert await transient_errors(client, "40001") == before + 1
+        assert await transient_errors(app, "40001") == before + 1
     async with admin.connect() as connection:  # the loser's write was rolled back
         kinds = (
             await connection.scalars(
@@ -242,7 +243,7 @@ async def test_a_session_terminated_by_the_server_is_a_503(
     app: FastAPI, admin: AsyncEngine, log_lines: LogLines
 ) -> None:
     async with serving(app) as client:
-        before = await transient_errors(client, "57P01")
+        before = await transient_errors(app, "57P01")
         request = asyncio.create_task(client.get("/sleep", params={"seconds": 3.0}))
         pid = await asyncio.wait_for(app.state.signals.backend_pids.get(), WAIT_S)
         async with admin.begin() as connection:
@@ -251,7 +252,7 @@ async def test_a_session_terminated_by_the_server_is_a_503(
         # The server sends 57P01 and closes the connection; asyncpg raises "connection closed"
         # (08003) with the server's error as its cause, which is what `errors.py` reads.
         assert_transient(response, log_lines, sqlstate="57P01", slug="database-connection-terminated")
-        assert await transient_errors(client, "57P01") == before + 1
+        assert await transient_errors(app, "57P01") == before + 1
 
 
 class TestARoleOverItsConnectionLimit:
@@ -269,10 +270,10 @@ class TestARoleOverItsConnectionLimit:
 
     async def test_is_a_503_too_many_connections(self, app: FastAPI, log_lines: LogLines) -> None:
         async with serving(app) as client:
-            before = await transient_errors(client, "53300")
+            before = await transient_errors(app, "53300")
             response = await client.get("/rows")
             assert_transient(response, log_lines, sqlstate="53300", slug="database-too-many-connections")
-            assert await transient_errors(client, "53300") == before + 1
+            assert await transient_errors(app, "53300") == before + 1
 
 
 def _postmaster(data_dir: Path) -> psutil.Process:
@@ -323,10 +324,10 @@ class TestAServerShuttingDown:
 
     async def test_is_a_503_not_accepting_connections(self, app: FastAPI, log_lines: LogLines) -> None:
         async with serving(app) as client:
-            before = await transient_errors(client, "57P03")
+            before = await transient_errors(app, "57P03")
             response = await client.get("/rows")
             assert_transient(response, log_lines, sqlstate="57P03", slug="database-not-accepting-connections")
-            assert await transient_errors(client, "57P03") == before + 1
+            assert await transient_errors(app, "57P03") == before + 1
 
 
 @pytest.mark.parametrize(
@@ -351,4 +352,4 @@ async def test_a_database_error_that_is_not_transient_is_still_a_bug(
         [logged] = [line for line in log_lines() if line["event"] == "database_error"]
         assert logged["level"] == "error"
         assert "Traceback" in logged["exception"]
-        assert "database_transient_errors_total{" not in (await client.get("/metrics")).text
+        assert "database_transient_errors_total{" not in await scrape(app)

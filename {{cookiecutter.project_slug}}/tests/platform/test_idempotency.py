@@ -40,6 +40,7 @@ from {{ cookiecutter.package_name }}.platform.idempotency import ClaimDep
 from {{ cookiecutter.package_name }}.platform.idempotency import IdempotentRoute
 
 from tests.conftest import make_settings
+from tests.conftest import scrape
 from tests.upstream import Reply
 from tests.upstream import ScriptedUpstream
 
@@ -333,7 +334,7 @@ async def test_outcomes_are_counted(app: FastAPI, client: httpx.AsyncClient) -> 
     await post(client, {"n": 1}, "key-1")
     await post(client, {"n": 2}, "key-1")
     await post(client, {"n": 1, "then": "crash"}, "key-2")
-    metrics = (await client.get("/metrics")).text
+    metrics = await scrape(app)
     for outcome in ("stored", "replay", "mismatch", "released"):
         assert 'idempotency_outcomes_total{outcome="' + outcome + '"} 1.0' in metrics
 

@@ -6,15 +6,21 @@ import httpx
 from fastapi import BackgroundTasks
 from fastapi import FastAPI
 
+from tests.conftest import scrape
 from tests.conftest import serving
 
 
-async def test_requests_are_counted_by_route_template_and_pool_is_exported(client: httpx.AsyncClient) -> None:
+async def test_requests_are_counted_by_route_template_and_pool_is_exported(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
     for _ in range(3):
         await client.get("/ready")
     await client.get("/nowhere/12345")
 
-    response = await client.get("/metrics")
+    # Not on the API's port: the Service exposes that one publicly.
+    assert (await client.get("/metrics")).status_code == 404
+    async with httpx.AsyncClient() as scraper:
+        response = await scraper.get(f"http://127.0.0.1:{app.state.metrics_port}/metrics", timeout=5)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
@@ -41,7 +47,7 @@ async def test_latency_ends_at_the_last_byte_not_after_background_tasks(app: Fas
     app.add_api_route("/with-background", answer_then_clean_up)
     async with serving(app) as client:
         assert (await client.get("/with-background")).status_code == 200
-        metrics = (await client.get("/metrics")).text
+        metrics = await scrape(app)
     [total] = [
         float(line.rsplit(" ", 1)[1])
         for line in metrics.splitlines()

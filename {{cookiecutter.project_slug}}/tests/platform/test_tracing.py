@@ -31,6 +31,8 @@ async def test_traceparent_is_continued_and_database_calls_are_child_spans(
 
     [server] = [span for span in exporter.get_finished_spans() if span.kind == SpanKind.SERVER]
     assert server.context.trace_id == TRACE_ID
+    # The caller can see which trace served it.
+    assert response.headers["traceresponse"] == f"00-{TRACE_ID:032x}-{server.context.span_id:016x}-01"
     assert server.parent is not None
     assert server.parent.span_id == PARENT_SPAN_ID
     assert server.attributes is not None
@@ -67,5 +69,5 @@ async def test_statements_are_client_spans_under_the_request_span(
 async def test_probes_are_not_traced(app: FastAPI, client: httpx.AsyncClient) -> None:
     exporter = _exporter(app)
     await client.get("/health")
-    await client.get("/metrics")
+    await client.get("/ready")
     assert exporter.get_finished_spans() == ()

@@ -6,12 +6,14 @@ Standard: Observability / Health & Readiness Checks.
   a database outage must not make Kubernetes restart every replica at once.
 - `GET /ready` (readiness): this replica should get traffic. 200 when the database answers within
   `READY_TIMEOUT_S`, its schema is at the Alembic head this code expects, and the process is not
-  shutting down; otherwise 503 naming each failing check.
+  shutting down; otherwise 503 naming each failing check. The database's answer is reused for
+  `READY_CACHE_S` and computed once at a time however many probes arrive; shutting down shows at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import structlog
@@ -46,6 +48,7 @@ class Readiness:
         expected_heads: frozenset[str],
         known_revisions: frozenset[str],
         timeout_s: float,
+        cache_s: float,
         metrics: Metrics,
     ) -> None:
         self.engine = probe_engine
@@ -53,15 +56,45 @@ class Readiness:
         self.expected_heads = expected_heads
         self.known_revisions = known_revisions
         self.timeout_s = timeout_s
+        self.cache_s = cache_s
         self.shutting_down = False
         self._last_ready: bool | None = None
         self._abandoned: set[asyncio.Task[frozenset[str]]] = set()
+        self._in_flight: asyncio.Future[dict[str, str]] | None = None
+        self._cached: dict[str, str] | None = None
+        self._cached_at = 0.0
 
     async def check(self) -> dict[str, str]:
         """Each check's result: "ok" or why not. Answers within `timeout_s`, whatever the database does."""
-        checks = {"database": "ok", "schema": "ok", "shutdown": "ok"}
+        checks = {**await self._database_checks(), "shutdown": "ok"}
         if self.shutting_down or shutdown.is_draining():
             checks["shutdown"] = "draining: the process is shutting down"
+        ready = all(value == "ok" for value in checks.values())
+        self.metrics.ready.set(1 if ready else 0)
+        if ready != self._last_ready:
+            log.log(20 if ready else 30, "readiness_changed", ready=ready, **checks)
+            self._last_ready = ready
+        return checks
+
+    async def _database_checks(self) -> dict[str, str]:
+        """The database's checks, at most `cache_s` old; probes arriving while one runs share it.
+
+        `/ready` is reachable by anyone who reaches the port: without this, each call would open a
+        database connection (a backend process forked by PostgreSQL)."""
+        if self._cached is not None and time.monotonic() - self._cached_at < self.cache_s:
+            return self._cached
+        if self._in_flight is None:
+            self._in_flight = asyncio.ensure_future(self._probe_database())
+            self._in_flight.add_done_callback(self._keep)
+        # Shielded: a caller that goes away does not cancel the check the others wait on.
+        return await asyncio.shield(self._in_flight)
+
+    def _keep(self, task: asyncio.Future[dict[str, str]]) -> None:
+        self._in_flight = None
+        if not task.cancelled() and task.exception() is None:
+            self._cached, self._cached_at = task.result(), time.monotonic()
+
+    async def _probe_database(self) -> dict[str, str]:
         probe = asyncio.ensure_future(self._current_heads())
         done, _ = await asyncio.wait({probe}, timeout=self.timeout_s)
         if not done:
@@ -69,19 +102,10 @@ class Readiness:
             probe.cancel()
             self._abandoned.add(probe)
             probe.add_done_callback(self._forget)
-            checks["database"] = f"no answer within {self.timeout_s:g}s"
-            checks["schema"] = "unknown"
-        elif (error := probe.exception()) is not None:
-            checks["database"] = f"unreachable ({type(error).__name__})"
-            checks["schema"] = "unknown"
-        else:
-            checks["schema"] = self._schema(probe.result())
-        ready = all(value == "ok" for value in checks.values())
-        self.metrics.ready.set(1 if ready else 0)
-        if ready != self._last_ready:
-            log.log(20 if ready else 30, "readiness_changed", ready=ready, **checks)
-            self._last_ready = ready
-        return checks
+            return {"database": f"no answer within {self.timeout_s:g}s", "schema": "unknown"}
+        if (error := probe.exception()) is not None:
+            return {"database": f"unreachable ({type(error).__name__})", "schema": "unknown"}
+        return {"database": "ok", "schema": self._schema(probe.result())}
 
     def _schema(self, current: frozenset[str]) -> str:
         if current == self.expected_heads or current - self.known_revisions:

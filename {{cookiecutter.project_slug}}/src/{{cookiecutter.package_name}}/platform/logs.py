@@ -5,6 +5,10 @@ Standard: Observability / Structured Logging. Every line written while a request
 `trace_id` and `span_id`, so a log line leads to its trace and back. Records from the standard
 library (uvicorn, SQLAlchemy, alembic) go through the same processors, so they look the same.
 Tuned by `LOG_LEVEL`. Event names are stable snake_case: they are what dashboards and the runbook use.
+
+Standard: Security / no sensitive data in logs. Credentials (`Authorization`, `Cookie`, ...) and
+every schema field marked personal (`email: Annotated[str, PersonalData()]`) are replaced by
+`[redacted]` wherever they appear in a line, nested dicts and models included (`redact`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 import orjson
 import structlog
 from opentelemetry import trace
+from pydantic import BaseModel
 from structlog.typing import EventDict
 from structlog.typing import Processor
 from structlog.typing import WrappedLogger
@@ -30,6 +35,57 @@ def add_trace_context(_: WrappedLogger, __: str, event_dict: EventDict) -> Event
         event_dict["trace_id"] = format(context.trace_id, "032x")
         event_dict["span_id"] = format(context.span_id, "016x")
     return event_dict
+
+
+class PersonalData:
+    """Marks a schema field as personal data: `email: Annotated[str, PersonalData()]`. Its name is
+    redacted in every log line once `protect_personal_data()` has run (the app factory runs it)."""
+
+
+REDACTED = "[redacted]"
+# Lower-case keys whose values never reach a line: credentials, and the personal fields added below.
+_redacted_keys = {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "password"}
+_NESTED_DEPTH = 4
+
+
+def protect_personal_data() -> frozenset[str]:
+    """Redact, from now on, every field marked `PersonalData` in the schemas imported so far; return
+    the field names (and aliases) added."""
+    names: set[str] = set()
+    pending = list(BaseModel.__subclasses__())
+    while pending:
+        model = pending.pop()
+        pending.extend(model.__subclasses__())
+        for name, field in model.model_fields.items():
+            if any(isinstance(mark, PersonalData) for mark in field.metadata):
+                names.update(n.lower() for n in (name, field.alias) if n)
+    _redacted_keys.update(names)
+    return frozenset(names)
+
+
+def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Replace credentials and personal data with `[redacted]`, at any depth up to a few levels."""
+    for key, value in event_dict.items():
+        if key.lower() in _redacted_keys:
+            event_dict[key] = REDACTED
+        elif isinstance(value, dict | list | tuple | BaseModel):
+            event_dict[key] = _scrub(value, _NESTED_DEPTH)
+    return event_dict
+
+
+def _scrub(value: Any, depth: int) -> Any:
+    if depth == 0:
+        return value
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {
+            key: REDACTED if str(key).lower() in _redacted_keys else _scrub(item, depth - 1)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_scrub(item, depth - 1) for item in value]
+    return value
 
 
 def drop_color_message(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
@@ -88,6 +144,7 @@ def configure(level: str = "INFO", stream: IO[bytes] | None = None) -> None:
     structlog.configure(
         processors=[
             *_SHARED,
+            redact,
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(serializer=_dumps),
         ],
@@ -104,6 +161,7 @@ def configure(level: str = "INFO", stream: IO[bytes] | None = None) -> None:
                 structlog.stdlib.add_logger_name,
                 structlog.stdlib.ExtraAdder(),
                 drop_color_message,
+                redact,  # last: after the extras a standard-library record brings
             ],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,

@@ -1,30 +1,34 @@
-"""Prometheus metrics, served at `GET /metrics`.
+"""Prometheus metrics, served at `GET /metrics` on a port of their own (`METRICS_PORT`, default 9090).
 
 Standard: Observability / Metrics. Request count and latency by method, route template and status
 (recorded by `middleware.RequestContextMiddleware`); outbound calls, retries and circuit breaker
 state per upstream (recorded by `resilience`); idempotency outcomes (`idempotency`); transient
 database errors answered 503, by SQLSTATE (`errors`); database pool gauges read at scrape time.
 Each app has its own registry, so two apps in one process (tests) never share counters.
+
+The metrics port is not the serving port: the Kubernetes Service exposes only the API, so what the
+service counts (routes, upstreams, error rates) is not public. It is served by prometheus-client's
+own threaded server, off the event loop: a scrape never waits behind requests, and the library
+negotiates the OpenMetrics format and gzip with the scraper.
 Metric names follow Prometheus conventions; the runbook and the alert rules use them as written here.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter
 from prometheus_client import Gauge
 from prometheus_client import Histogram
-from prometheus_client import generate_latest
+from prometheus_client import start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
-from starlette.requests import Request
-from starlette.responses import Response
 
 # Seconds. The SLO's threshold (p99 {{ cookiecutter.slo_latency_p99_ms }} ms) is a boundary itself,
 # so "above the SLO" is counted exactly rather than interpolated between two buckets.
@@ -119,8 +123,23 @@ class Metrics:
     def watch_pool(self, engine: AsyncEngine) -> None:
         self.registry.register(_PoolCollector(engine))
 
-    async def endpoint(self, request: Request) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+    def serve(self, host: str, port: int) -> MetricsServer:
+        """Start serving this registry on `host`:`port` (0: any free port) in a daemon thread."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        return MetricsServer(server, thread)
+
+
+class MetricsServer:
+    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+        self.port: int = server.server_port
+
+    def close(self) -> None:
+        """Stop serving and release the port (blocks up to half a second: call it off the loop)."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
 
 
 class _PoolCollector(Collector):

@@ -6,11 +6,14 @@ extra middleware layer costs throughput, and Starlette's base-class HTTP middlew
 break contextvar propagation. Tuned by `MAX_BODY_BYTES`; span export by the `OTEL_*` variables (see `tracing`).
 
 Per request, in order: take `X-Request-ID` when it is safe (else make one) and bind it to the log
-context; continue the caller's W3C `traceparent` in a SERVER span; refuse a body over the limit
+context; continue the caller's W3C `traceparent` in a SERVER span (or, with
+`TRACE_TRUST_INCOMING=false`, start a new trace linked to it); refuse a body over the limit
 with 413 before reading it; run the app under the request's deadline (`REQUEST_TIMEOUT_S`, see
 `deadline`); answer 500 problem+json for an exception that escaped
-every handler (logged once, with its stack trace); write one `http_request` line and record
-the request in the metrics.
+every handler (logged once, with its stack trace); add `X-Content-Type-Options: nosniff` and
+`Cache-Control: no-store` (unless the route set its own) and `traceresponse` (the trace that served
+it, W3C Trace Context Level 2) to every answer; write one `http_request`
+line and record the request in the metrics.
 """
 
 from __future__ import annotations
@@ -45,7 +48,10 @@ REQUEST_ID_HEADER = "x-request-id"
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Probes and scrapes are counted and logged, but not traced: they would drown the real traces.
 # Their log lines still carry ids, from a span that is never recorded or exported.
-UNTRACED_PATHS = frozenset({"/health", "/ready", "/metrics"})
+UNTRACED_PATHS = frozenset({"/health", "/ready"})
+# On every answer: browsers must not guess a JSON body's type (content sniffing turns data into script).
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+_NO_STORE = (b"cache-control", b"no-store")
 
 log = structlog.get_logger(__name__)
 
@@ -59,12 +65,14 @@ class RequestContextMiddleware:
         metrics: Metrics,
         max_body_bytes: int,
         request_timeout_s: float,
+        trust_incoming_trace: bool = True,
     ) -> None:
         self.app = app
         self.request_timeout_s = request_timeout_s
         self.tracer = tracer
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.trust_incoming_trace = trust_incoming_trace
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,6 +90,12 @@ class RequestContextMiddleware:
         path: str = scope["path"]
 
         parent = propagate.extract(headers)
+        links = None
+        if not self.trust_incoming_trace:
+            # An edge service: its own trace (and no caller's baggage), linked to the caller's.
+            caller = trace.get_current_span(parent).get_span_context()
+            parent = otel_context.Context()
+            links = [trace.Link(caller)] if caller.is_valid else None
         if path in UNTRACED_PATHS:
             span = _untraced_span(parent)
         else:
@@ -90,6 +104,7 @@ class RequestContextMiddleware:
                 context=parent,
                 kind=SpanKind.SERVER,
                 attributes={"http.request.method": method, "url.path": path},
+                links=links,
             )
         token = otel_context.attach(trace.set_span_in_context(span, parent))
 
@@ -110,7 +125,15 @@ class RequestContextMiddleware:
                 response_started = True
                 status = message["status"]
                 # Appended as raw bytes: the app never sets X-Request-ID itself, so no lookup.
-                headers = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
+                headers = [
+                    *message.get("headers", ()),
+                    (b"x-request-id", request_id.encode()),
+                    (b"traceresponse", _traceresponse(span)),
+                    _NOSNIFF,
+                ]
+                # API answers are per caller: no shared cache keeps one, unless a route says otherwise.
+                if not any(name.lower() == b"cache-control" for name, _ in headers):
+                    headers.append(_NO_STORE)
                 if shutdown.is_draining():  # kept-alive clients must reconnect elsewhere
                     headers.append((b"connection", b"close"))
                 # A deprecated route says so on every answer, errors included (`deprecation`).
@@ -186,6 +209,12 @@ class RequestContextMiddleware:
 
 async def _no_body() -> Message:
     return {"type": "http.disconnect"}
+
+
+def _traceresponse(span: trace.Span) -> bytes:
+    """W3C Trace Context Level 2's response header: the caller learns which trace served it."""
+    ids = span.get_span_context()
+    return f"00-{ids.trace_id:032x}-{ids.span_id:016x}-{ids.trace_flags:02x}".encode()
 
 
 def _untraced_span(parent: otel_context.Context) -> trace.Span:
