@@ -8,10 +8,10 @@ BUILD := build
 DEMO := $(BUILD)/orders-service
 
 .DEFAULT_GOAL := help
-.PHONY: help tools demo bake test lint lock openapi bench clean
+.PHONY: help tools demo bake test lint lock openapi bench conformance clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 tools:  ## make sure uv is installed (pip installs it when it is not)
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -44,6 +44,11 @@ openapi: .venv/.installed  ## regenerate the OpenAPI document every bake commits
 
 bench: .venv/.installed  ## what the standards cost vs bare FastAPI (installs wrk if it can)
 	.venv/bin/python bench/run.py $(BENCH_ARGS)
+
+# Standard library only, so no venv: any python3 >= 3.11 runs it, against any service.
+conformance:  ## score a running service against the standards: URL=http://host:port [ARGS=--json]
+	@test -n "$(URL)" || { echo "make conformance: URL is missing; usage: make conformance URL=http://host:port [ARGS='--json --header \"Authorization: Bearer ...\"']" >&2; exit 2; }
+	python3 tools/conformance.py $(URL) $(ARGS)
 
 clean:  ## remove bakes and the venv
 	rm -rf $(BUILD) .venv .pytest_cache

@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import make
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.conftest import TEMPLATE, free_port, make
 
 
 def _children(pid: int) -> list[int]:
@@ -35,8 +29,11 @@ def _processes_using(data_dir: str) -> list[str]:
 def test_make_run_serves_health_and_ready_on_a_real_port(baked: dict[str, Path]) -> None:
     project = baked["default"]
     assert make(project, "install").returncode == 0
-    port = _free_port()
-    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"} | {"PORT": str(port)}
+    port, metrics_port = free_port(), free_port()
+    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"} | {
+        "PORT": str(port),
+        "METRICS_PORT": str(metrics_port),
+    }
     server = subprocess.Popen(
         ["make", "--no-print-directory", "run"],
         cwd=project,
@@ -71,6 +68,29 @@ def test_make_run_serves_health_and_ready_on_a_real_port(baked: dict[str, Path])
             timeout=5,
         )
         assert created.status_code == 201, created.text
+
+        # The scorecard, from outside over HTTP, as a platform team runs it: every standard passes.
+        # /metrics is not on the API's port: the scorecard is told where Prometheus would scrape.
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).status_code == 404
+        scorecard = subprocess.run(
+            [
+                sys.executable,
+                TEMPLATE / "tools" / "conformance.py",
+                f"http://127.0.0.1:{port}",
+                f"--metrics-url=http://127.0.0.1:{metrics_port}/metrics",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        standards = json.loads(scorecard.stdout)["standards"] if scorecard.stdout.startswith("{") else []
+        failed = [standard for standard in standards if not standard["passed"]]
+        assert scorecard.returncode == 0, json.dumps(failed, indent=2) if failed else scorecard.stderr
+        traced = next(standard for standard in standards if standard["name"] == "traceparent")
+        sent_trace_id = re.search(r"traceparent 00-([0-9a-f]{32})-", "\n".join(traced["evidence"]))
+        assert sent_trace_id is not None, traced
     finally:
         # SIGTERM to the service alone, as Kubernetes sends it to the container's process.
         for pid in _children(server.pid):
@@ -93,3 +113,6 @@ def test_make_run_serves_health_and_ready_on_a_real_port(baked: dict[str, Path])
     events = [json.loads(line)["event"] for line in lines]  # every JSON-looking line parses
     assert "service_listening" in events
     assert "http_request" in events
+    # The scorecard's trace continued into the service's own log lines, which HTTP cannot show.
+    trace_ids = {json.loads(line).get("trace_id") for line in lines}
+    assert sent_trace_id.group(1) in trace_ids
