@@ -62,7 +62,10 @@ END $$"""
         "audit_events",
         sa.Column("id", sa.BigInteger(), sa.Identity(always=True), nullable=False),
         sa.Column(
-            "occurred_at", sa.DateTime(timezone=True), server_default=sa.func.clock_timestamp(), nullable=False
+            "occurred_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.func.clock_timestamp(),
+            nullable=False,
         ),
         sa.Column("actor", sa.Text(), nullable=False),
         sa.Column("action", sa.Text(), nullable=False),
@@ -71,7 +74,9 @@ END $$"""
         sa.Column("outcome", sa.Text(), nullable=False),
         sa.Column("request_id", sa.Text(), nullable=True),
         sa.Column("trace_id", sa.Text(), nullable=True),
-        sa.CheckConstraint("outcome IN ('success', 'failure', 'denied')", name=op.f("ck_audit_events_outcome")),
+        sa.CheckConstraint(
+            "outcome IN ('success', 'failure', 'denied')", name=op.f("ck_audit_events_outcome")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_events")),
     )
     # A new, empty table: plain CREATE INDEX takes no lock anyone is waiting for.

@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     migrate.add_argument("--downgrade", metavar="REVISION", help="downgrade to REVISION instead (a rollback)")
     commands.add_parser("purge-idempotency-keys", help="delete expired idempotency records and exit")
-    commands.add_parser("purge-audit-events", help="delete audit events older than AUDIT_RETENTION_S and exit")
+    commands.add_parser(
+        "purge-audit-events", help="delete audit events older than AUDIT_RETENTION_S and exit"
+    )
     args = parser.parse_args(argv)
 
     settings = load_settings()
@@ -62,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     assert url is not None
     if args.command == "migrate" and args.downgrade:
         migrations.downgrade(
-            settings.migrations_dir, url.render_as_string(hide_password=False), args.downgrade, settings=settings
+            settings.migrations_dir,
+            url.render_as_string(hide_password=False),
+            args.downgrade,
+            settings=settings,
         )
         log.info("migrations_downgraded", revision=args.downgrade)
     elif args.command == "migrate" or getattr(args, "migrate", False):

@@ -140,9 +140,8 @@ def test_the_chain_read_without_alembic_matches_alembic(tmp_path: Path) -> None:
     assert migrations.expected_heads(copy) == frozenset(merged.get_heads())
     assert migrations.domain_heads(copy) == {"merge"}
     (copy / "versions" / "merge.py").unlink()
-    assert (
-        migrations.expected_heads(copy)
-        == frozenset(ScriptDirectory.from_config(migrations.alembic_config(copy)).get_heads())
+    assert migrations.expected_heads(copy) == frozenset(
+        ScriptDirectory.from_config(migrations.alembic_config(copy)).get_heads()
     )
     assert migrations.domain_heads(copy) == {"branch_a", "branch_b"}
 

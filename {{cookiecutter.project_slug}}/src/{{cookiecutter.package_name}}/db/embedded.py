@@ -27,7 +27,7 @@ from {{ cookiecutter.package_name }}.settings import to_async_url
 
 # Development and tests only: the embedded server trusts its unix socket and ignores it; a
 # TEST_DATABASE_URL server over TCP needs one.
-DEV_RUNTIME_PASSWORD = "runtime-dev-only"  # noqa: S105
+DEV_RUNTIME_PASSWORD = "runtime-dev-only"
 
 
 class EmbeddedUnavailable(RuntimeError):

@@ -54,7 +54,11 @@ def _read(migrations_dir: Path) -> dict[str, tuple[tuple[str, ...], bool]]:
                 target, value = node.targets[0], node.value
             else:
                 continue
-            if isinstance(target, ast.Name) and target.id in {"revision", "down_revision", "platform_revision"}:
+            if isinstance(target, ast.Name) and target.id in {
+                "revision",
+                "down_revision",
+                "platform_revision",
+            }:
                 values[target.id] = ast.literal_eval(value)
         revision, down = values.get("revision"), values.get("down_revision")
         if isinstance(revision, str):
@@ -87,7 +91,9 @@ def known_revisions(migrations_dir: Path) -> frozenset[str]:
     return frozenset(_chain(migrations_dir))
 
 
-def upgrade(migrations_dir: Path, url: str, revision: str = "heads", settings: Settings | None = None) -> None:
+def upgrade(
+    migrations_dir: Path, url: str, revision: str = "heads", settings: Settings | None = None
+) -> None:
     from alembic import command
 
     command.upgrade(alembic_config(migrations_dir, url, settings), revision)

@@ -33,7 +33,9 @@ async def create(
     session.add(order)
     await session.flush()
     # In the same transaction as the order: both commit, or neither.
-    audit.record(session, action="order.created", resource_type="order", resource_id=str(order.id), outcome="success")
+    audit.record(
+        session, action="order.created", resource_type="order", resource_id=str(order.id), outcome="success"
+    )
     log.info("order_created", order_id=str(order.id), sku=order.sku, quantity=order.quantity)
     return order
 
