@@ -141,8 +141,8 @@ def _with_database(settings: Settings) -> Settings:
     """Settings with a database: the configured one, or the embedded server started now, migrated as
     its superuser (the owner) and served as DB_RUNTIME_ROLE, created here. The URLs are exported so
     that the uvicorn workers, which read their settings afresh, find the same server."""
-    if settings.database_url is not None:
-        return settings
+    if settings.database_url is not None or settings.migration_database_url is not None:
+        return settings  # the migrate Job has MIGRATION_DATABASE_URL only
     owner = embedded.start(settings.embedded_db_dir)
     runtime = embedded.runtime_role(owner, settings.db_runtime_role)
     log.info("embedded_database_started", data_dir=str(settings.embedded_db_dir))

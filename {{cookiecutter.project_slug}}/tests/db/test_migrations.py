@@ -147,9 +147,10 @@ def test_the_chain_read_without_alembic_matches_alembic(tmp_path: Path) -> None:
 
 
 def test_the_migrate_command_downgrades_to_a_revision_and_back(scratch_url: str) -> None:
-    """The rollback the runbook gives: `python -m <package> migrate --downgrade <revision>`."""
-    env = os.environ | {
-        "DATABASE_URL": scratch_url,
+    """The rollback the runbook gives: `python -m <package> migrate --downgrade <revision>`, with
+    only MIGRATION_DATABASE_URL set, as the migrate Job runs."""
+    env = {name: value for name, value in os.environ.items() if name != "DATABASE_URL"} | {
+        "MIGRATION_DATABASE_URL": scratch_url,
         "MIGRATIONS_DIR": str(MIGRATIONS),
         "LOG_LEVEL": "WARNING",
     }
