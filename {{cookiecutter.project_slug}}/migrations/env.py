@@ -1,7 +1,9 @@
 """Alembic environment: async (asyncpg), one transaction per migration, bounded lock waits.
 
 The URL comes from the caller (`python -m {{ cookiecutter.package_name }} migrate`, the tests) or, for
-the `alembic` command line, from `DATABASE_URL`; `--sql` (offline) needs none.
+the `alembic` command line, from `MIGRATION_DATABASE_URL` (else `DATABASE_URL`); `--sql` (offline)
+needs none. Revisions read the settings from `context.config.attributes["settings"]`
+(`DB_RUNTIME_ROLE`, the role they grant to).
 
 Lock retries, as GitLab's `with_lock_retries`: while a DDL statement waits for its lock, every query
 on the table queues behind it, so no attempt waits long. Each attempt is a fresh session whose
@@ -29,7 +31,8 @@ from sqlalchemy.pool import NullPool
 from {{ cookiecutter.package_name }} import domains
 from {{ cookiecutter.package_name }}.db.base import Base
 
-# The platform's own model (idempotency records); domains are found by `domains.modules`.
+# The platform's own models (audit trail, idempotency records); domains are found by `domains.modules`.
+from {{ cookiecutter.package_name }}.platform import audit  # noqa: F401
 from {{ cookiecutter.package_name }}.platform import idempotency  # noqa: F401
 from {{ cookiecutter.package_name }}.settings import Settings
 from {{ cookiecutter.package_name }}.settings import load_settings
@@ -51,17 +54,21 @@ target_metadata = Base.metadata
 
 def _settings() -> Settings:
     settings = context.config.attributes.get("settings")
-    return settings if isinstance(settings, Settings) else load_settings()
+    if not isinstance(settings, Settings):
+        settings = load_settings()
+        context.config.attributes["settings"] = settings  # for the revisions (DB_RUNTIME_ROLE)
+    return settings
 
 
 def _url(settings: Settings) -> str:
     url = context.config.attributes.get("url")
     if url is not None:
         return to_async_url(url).render_as_string(hide_password=False)
-    configured = settings.database_async_url()
+    configured = settings.migration_async_url()
     if configured is None:
         raise SystemExit(
-            "DATABASE_URL is not set (or use `make migrate`, which starts the embedded database)"
+            "MIGRATION_DATABASE_URL (or DATABASE_URL) is not set (or use `make migrate`, which starts "
+            "the embedded database)"
         )
     return configured.render_as_string(hide_password=False)
 

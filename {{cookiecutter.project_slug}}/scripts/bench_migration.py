@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from {{ cookiecutter.package_name }}.db import embedded
 from {{ cookiecutter.package_name }}.db import migrations
+from {{ cookiecutter.package_name }}.settings import Settings
 from {{ cookiecutter.package_name }}.settings import to_async_url
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -105,6 +106,8 @@ async def main() -> int:
     args = parser.parse_args()
 
     raw = os.environ.get("DATABASE_URL") or embedded.start(PROJECT / ".data" / "postgres-bench")
+    # The platform's migrations grant the runtime role, which must exist (README "Database roles").
+    await asyncio.to_thread(embedded.runtime_role, raw, Settings.model_fields["db_runtime_role"].default)
     started = time.perf_counter()
     url = await prepare(to_async_url(raw), args.rows)
     print(f"{args.rows} orders at {BEFORE} in {time.perf_counter() - started:.1f}s", file=sys.stderr)

@@ -1,7 +1,12 @@
 """Fixtures on a real PostgreSQL: the embedded server unless `TEST_DATABASE_URL` names one.
 
-Each session creates a fresh database and migrates it to head; each test runs in a transaction that
-is rolled back, so tests never see each other's rows.
+Each session creates a fresh database and migrates it to its heads; each test runs in a transaction
+that is rolled back, so tests never see each other's rows.
+
+Two roles, as in production: `owner_url` is the migration role (the server's superuser, which owns
+the schema) for what runs DDL, creates databases or roles, or empties tables; `database_url` is the
+runtime role (`DB_RUNTIME_ROLE`, holding only what the migrations grant), which `settings`, `app`
+and `client` serve as: every test of the service runs with least privilege.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from {{ cookiecutter.package_name }}.settings import to_async_url
 PROJECT = Path(__file__).resolve().parents[1]
 MIGRATIONS = PROJECT / "migrations"
 TEST_DATABASE = "{{ cookiecutter.package_name }}_test"
+RUNTIME_ROLE: str = Settings.model_fields["db_runtime_role"].default
 
 
 async def recreate(server: URL, *names: str) -> None:
@@ -53,17 +59,32 @@ async def recreate(server: URL, *names: str) -> None:
 
 @pytest.fixture(scope="session")
 def server_url() -> URL:
+    """The server, as a role that may create databases and roles: the migration role."""
     raw = os.environ.get("TEST_DATABASE_URL") or embedded.start(PROJECT / ".data" / "postgres-test")
+    # Every database the tests migrate grants the runtime role: it exists before any of them.
+    embedded.runtime_role(raw, RUNTIME_ROLE)
     return to_async_url(raw)
 
 
 @pytest.fixture(scope="session")
-def database_url(server_url: URL) -> URL:
-    """A fresh database at the Alembic head."""
+def runtime_server_url(server_url: URL) -> URL:
+    """The server, as the runtime role (no privilege but what the migrations grant)."""
+    return server_url.set(username=RUNTIME_ROLE, password=embedded.DEV_RUNTIME_PASSWORD)
+
+
+@pytest.fixture(scope="session")
+def owner_url(server_url: URL, runtime_server_url: URL) -> URL:
+    """A fresh database at the Alembic heads, as the migration role that owns its schema."""
     asyncio.run(recreate(server_url, TEST_DATABASE, f"{TEST_DATABASE}_empty"))
     url = server_url.set(database=TEST_DATABASE)
     migrations.upgrade(MIGRATIONS, url.render_as_string(hide_password=False))
     return url
+
+
+@pytest.fixture(scope="session")
+def database_url(owner_url: URL, runtime_server_url: URL) -> URL:
+    """The same database as the runtime role: what the service connects as."""
+    return runtime_server_url.set(database=owner_url.database)
 
 
 @pytest.fixture(scope="session")
@@ -73,11 +94,11 @@ def empty_database_url(database_url: URL) -> URL:
 
 
 def migrations_with(tmp_path: Path, name: str, revision: str) -> Path:
-    """A copy of the migrations with one more revision on top: `revision` is its source, with
-    `{head}` standing for the current head it revises."""
+    """A copy of the migrations with one more revision of the service's: `revision` is its source,
+    with `{head}` standing for the head of the service's branch it revises (`make migration`'s)."""
     copy = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS, copy)
-    head = max(migrations.expected_heads(MIGRATIONS))  # the chain has a single head (tested)
+    (head,) = migrations.domain_heads(MIGRATIONS)
     (copy / "versions" / name).write_text(revision.format(head=head))
     return copy
 

@@ -16,6 +16,7 @@ import yaml
 from fastapi import FastAPI
 
 from {{ cookiecutter.package_name }}.platform.metrics import Metrics
+from {{ cookiecutter.package_name }}.settings import Settings
 
 from tests.conftest import PROJECT
 from tests.conftest import scrape
@@ -38,6 +39,16 @@ NOT_OURS = {
     "pg_terminate_backend",
     "application_name",
     "idempotency_keys",
+    "audit_events",
+    "occurred_at",
+    "actor",
+    "action",
+    "resource_type",
+    "resource_id",
+    "success",
+    "failure",
+    "denied",
+    "anonymous",
     "alembic_version",
     "histogram_quantile",
     "database",
@@ -178,6 +189,25 @@ def test_kubernetes_manifests_pass_the_schemas(manifest: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _secrets(manifest: str) -> set[str]:
+    pod = yaml.safe_load((PROJECT / "deploy" / "k8s" / manifest).read_text())["spec"]["template"]["spec"]
+    return {
+        source["secretRef"]["name"]
+        for container in pod["containers"]
+        for source in container.get("envFrom", ())
+        if "secretRef" in source
+    }
+
+
+def test_the_migration_and_the_service_use_different_secrets() -> None:
+    """Least privilege: the schema owner's credentials reach the migrate Job only."""
+    job, deployment = _secrets("migrate/job.yaml"), _secrets("deployment.yaml")
+    assert job == {"{{ cookiecutter.project_slug }}-migration-secrets"}
+    assert deployment == {"{{ cookiecutter.project_slug }}-secrets"}
+    config = yaml.safe_load((PROJECT / "deploy" / "k8s" / "configmap.yaml").read_text())["data"]
+    assert config["DB_RUNTIME_ROLE"] == Settings.model_fields["db_runtime_role"].default
 
 
 def test_the_deployment_drains_before_it_is_killed() -> None:

@@ -68,6 +68,25 @@ def test_a_malformed_database_url_never_echoes_its_password() -> None:
     assert "not a valid URL" in str(raised.value)
 
 
+def test_a_malformed_migration_database_url_never_echoes_its_password() -> None:
+    with pytest.raises(ValidationError) as raised:
+        Settings(migration_database_url="postgresql://owner:p@ss:w0rd@db/orders")  # type: ignore[arg-type]
+    assert "w0rd" not in str(raised.value)
+    assert "not a valid URL" in str(raised.value)
+
+
+def test_migrate_uses_the_migration_url_and_serving_the_runtime_one() -> None:
+    settings = Settings(
+        database_url="postgresql://app:a@db/orders",  # type: ignore[arg-type]
+        migration_database_url="postgresql://owner:o@db/orders",  # type: ignore[arg-type]
+    )
+    assert settings.migration_async_url().username == "owner"  # type: ignore[union-attr]
+    assert settings.database_async_url().username == "app"  # type: ignore[union-attr]
+    # Development: one URL for both.
+    single = Settings(database_url="postgresql://dev:d@localhost/orders")  # type: ignore[arg-type]
+    assert single.migration_async_url() == single.database_async_url()
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
@@ -77,6 +96,9 @@ def test_a_malformed_database_url_never_echoes_its_password() -> None:
         ("DATABASE_URL", "mysql://x@y/z"),
         ("MIGRATIONS_DIR", "/nowhere"),
         ("MIGRATION_LOCK_TIMEOUT_S", "6"),  # longer would queue every request behind a migration
+        ("MIGRATION_DATABASE_URL", "mysql://x@y/z"),
+        ("DB_RUNTIME_ROLE", 'app"; DROP TABLE orders; --'),  # it is written into GRANT statements
+        ("AUDIT_RETENTION_S", "86400"),  # below the 90 days the database keeps anyway
     ],
 )
 def test_bad_configuration_stops_startup_with_one_line_naming_the_variable(variable: str, value: str) -> None:

@@ -1,8 +1,10 @@
-"""`python -m {{ cookiecutter.package_name }} [serve [--migrate] | migrate | purge-idempotency-keys]`.
+"""`python -m {{ cookiecutter.package_name }} [serve [--migrate] | migrate | purge-idempotency-keys | purge-audit-events]`.
 
-`serve` (the default) runs uvicorn on `HOST`:`PORT`; `migrate` upgrades the schema to head and exits
-(the deploy step; `make migrate`). Without `DATABASE_URL` both start the embedded PostgreSQL first,
-for development; `serve --migrate` (what `make run` uses) also applies migrations before serving.
+`serve` (the default) runs uvicorn on `HOST`:`PORT` as `DATABASE_URL`'s role (the runtime role);
+`migrate` upgrades the schema to its heads as `MIGRATION_DATABASE_URL`'s role (the schema's owner;
+`DATABASE_URL`'s when unset, a development convenience) and exits (the deploy step; `make migrate`).
+Without `DATABASE_URL` both start the embedded PostgreSQL first, for development, with both roles;
+`serve --migrate` (what `make run` uses) also migrates, as the owner, before serving as the runtime role.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from uvicorn.supervisors import Multiprocess
 from {{ cookiecutter.package_name }}.db import embedded
 from {{ cookiecutter.package_name }}.db import migrations
 from {{ cookiecutter.package_name }}.db.session import create_engine
+from {{ cookiecutter.package_name }}.platform import audit
 from {{ cookiecutter.package_name }}.platform import idempotency
 from {{ cookiecutter.package_name }}.platform import logs
 from {{ cookiecutter.package_name }}.platform import shutdown
@@ -38,9 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command")
     serve = commands.add_parser("serve", help="serve HTTP (the default)")
     serve.add_argument("--migrate", action="store_true", help="upgrade the schema first (development)")
-    migrate = commands.add_parser("migrate", help="upgrade the schema to head and exit")
+    migrate = commands.add_parser(
+        "migrate",
+        help="upgrade the schema to its heads and exit, as MIGRATION_DATABASE_URL (DATABASE_URL when unset)",
+    )
     migrate.add_argument("--downgrade", metavar="REVISION", help="downgrade to REVISION instead (a rollback)")
     commands.add_parser("purge-idempotency-keys", help="delete expired idempotency records and exit")
+    commands.add_parser(
+        "purge-audit-events", help="delete audit events older than AUDIT_RETENTION_S and exit"
+    )
     args = parser.parse_args(argv)
 
     settings = load_settings()
@@ -51,23 +60,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
 
-    url = settings.database_async_url()
+    url = settings.migration_async_url()
     assert url is not None
     if args.command == "migrate" and args.downgrade:
         migrations.downgrade(
-            settings.migrations_dir, url.render_as_string(hide_password=False), args.downgrade
+            settings.migrations_dir,
+            url.render_as_string(hide_password=False),
+            args.downgrade,
+            settings=settings,
         )
         log.info("migrations_downgraded", revision=args.downgrade)
     elif args.command == "migrate" or getattr(args, "migrate", False):
         migrations.upgrade(
             settings.migrations_dir, url.render_as_string(hide_password=False), settings=settings
         )
-        log.info("migrations_applied", revision="head")
+        log.info("migrations_applied", revision="heads")
     if args.command == "migrate":
         return 0
     if args.command == "purge-idempotency-keys":
         deleted = asyncio.run(_purge(settings))
         log.info("idempotency_keys_purged", deleted=deleted)
+        return 0
+    if args.command == "purge-audit-events":
+        deleted = asyncio.run(_purge_audit(settings))
+        log.info("audit_events_purged", deleted=deleted)
         return 0
 
     # uvicorn drains on SIGTERM, then re-raises it; exiting through SystemExit (status 0) instead of
@@ -111,19 +127,34 @@ async def _purge(settings: Settings) -> int:
         await engine.dispose()
 
 
+async def _purge_audit(settings: Settings) -> int:
+    url = settings.database_async_url()
+    assert url is not None
+    engine = create_engine(settings, url)
+    try:
+        return await audit.purge_expired(engine, retention_s=settings.audit_retention_s)
+    finally:
+        await engine.dispose()
+
+
 def _exit_cleanly(signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
 
 def _with_database(settings: Settings) -> Settings:
-    """Settings with a database: the configured one, or the embedded server started now. The URL is
-    exported so that the uvicorn workers, which read their settings afresh, find the same server."""
-    if settings.database_url is not None:
-        return settings
-    raw = embedded.start(settings.embedded_db_dir)
+    """Settings with a database: the configured one, or the embedded server started now, migrated as
+    its superuser (the owner) and served as DB_RUNTIME_ROLE, created here. The URLs are exported so
+    that the uvicorn workers, which read their settings afresh, find the same server."""
+    if settings.database_url is not None or settings.migration_database_url is not None:
+        return settings  # the migrate Job has MIGRATION_DATABASE_URL only
+    owner = embedded.start(settings.embedded_db_dir)
+    runtime = embedded.runtime_role(owner, settings.db_runtime_role)
     log.info("embedded_database_started", data_dir=str(settings.embedded_db_dir))
-    os.environ["DATABASE_URL"] = raw
-    return settings.model_copy(update={"database_url": SecretStr(raw)})
+    os.environ["DATABASE_URL"] = runtime
+    os.environ["MIGRATION_DATABASE_URL"] = owner
+    return settings.model_copy(
+        update={"database_url": SecretStr(runtime), "migration_database_url": SecretStr(owner)}
+    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from {{ cookiecutter.package_name }}.db import migrations
 from {{ cookiecutter.package_name }}.db.session import create_engine
 from {{ cookiecutter.package_name }}.db.session import create_probe_engine
 from {{ cookiecutter.package_name }}.db.session import create_sessionmaker
+from {{ cookiecutter.package_name }}.platform import audit
 from {{ cookiecutter.package_name }}.platform import errors
 from {{ cookiecutter.package_name }}.platform import health
 from {{ cookiecutter.package_name }}.platform import http
@@ -102,6 +103,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 name="idempotency-purge",
             )
             resources.push_async_callback(_cancelled, purger)
+            audit_purger = asyncio.create_task(
+                audit.purge_periodically(
+                    engine, retention_s=settings.audit_retention_s, interval_s=settings.audit_purge_interval_s
+                ),
+                name="audit-purge",
+            )
+            resources.push_async_callback(_cancelled, audit_purger)
             # Everything allocated so far (modules, the app, the engine) lives as long as the process:
             # moving it out of the collector's reach makes each collection scan only what requests
             # allocate. Measured: +9% throughput, and p99 of a trivial route from 54 ms to 7 ms.

@@ -1,9 +1,10 @@
 """Configuration, read once from the environment (12-factor).
 
 Every field maps to an upper-case environment variable of the same name; units are in the names
-(`_s` seconds, `_bytes`). Nothing here holds a secret's value: `DATABASE_URL` comes from the
-environment (a Kubernetes Secret in production) and is never logged. Invalid values stop the process
-at start-up with one line per bad variable (`load_settings`), never a traceback.
+(`_s` seconds, `_bytes`). Nothing here holds a secret's value: `DATABASE_URL` and
+`MIGRATION_DATABASE_URL` come from the environment (Kubernetes Secrets in production) and are never
+logged. Invalid values stop the process at start-up with one line per bad variable
+(`load_settings`), never a traceback.
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ class Settings(BaseSettings):
 
     # None means "no server given": `make run` and the tests start the embedded PostgreSQL.
     database_url: SecretStr | None = None
+    # Least privilege (migration 0005, README "Database roles"): `migrate` connects with
+    # MIGRATION_DATABASE_URL (the schema's owner; DATABASE_URL when unset, for development) and
+    # grants DB_RUNTIME_ROLE, the role DATABASE_URL logs in as, DML only. A name, not a secret: the
+    # migrate Job must not need the runtime role's password to grant it.
+    migration_database_url: SecretStr | None = None
+    db_runtime_role: str = Field(default="{{ cookiecutter.package_name }}_app", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     embedded_db_dir: Path = Path(".data/postgres")
     migrations_dir: Path = Path("migrations")
 
@@ -106,6 +113,12 @@ class Settings(BaseSettings):
     idempotency_retention_s: PositiveSeconds = Field(default=24 * 3600, le=30 * 24 * 3600)
     idempotency_purge_interval_s: PositiveSeconds = 300.0
 
+    # The audit trail (platform/audit.py): rows are kept AUDIT_RETENTION_S, 400 days by default (PCI
+    # DSS 10.5.1 keeps 12 months; a year's SOC 2 period plus the audit after it fits), never less
+    # than the 90 days the database itself enforces, and purged every AUDIT_PURGE_INTERVAL_S.
+    audit_retention_s: float = Field(default=400 * 24 * 3600, ge=90 * 24 * 3600, le=10 * 366 * 24 * 3600)
+    audit_purge_interval_s: PositiveSeconds = 3600.0
+
     # The example domain's upstream; unset skips the stock check (so `make demo` needs nothing else).
     inventory_url: HttpUrl | None = None
 
@@ -135,7 +148,7 @@ class Settings(BaseSettings):
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("database_url", mode="after")
+    @field_validator("database_url", "migration_database_url", mode="after")
     @classmethod
     def _postgres_only(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value():
@@ -174,6 +187,12 @@ class Settings(BaseSettings):
     def database_async_url(self) -> URL | None:
         """The configured URL with the async driver, or None when none is configured."""
         return None if self.database_url is None else to_async_url(self.database_url.get_secret_value())
+
+    def migration_async_url(self) -> URL | None:
+        """MIGRATION_DATABASE_URL with the async driver; DATABASE_URL's when it is unset."""
+        if self.migration_database_url is None:
+            return self.database_async_url()
+        return to_async_url(self.migration_database_url.get_secret_value())
 
 
 # libpq query parameters that have an asyncpg equivalent, and those that are refused with the

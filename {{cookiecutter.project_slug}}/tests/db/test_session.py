@@ -4,6 +4,9 @@ import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from {{ cookiecutter.package_name }}.db.session import SessionDep
 
@@ -53,12 +56,13 @@ async def test_every_connection_carries_the_database_timeouts(
     }
 
 
-async def test_a_failed_commit_is_a_500_and_leaves_nothing(app: FastAPI) -> None:
+async def test_a_failed_commit_is_a_500_and_leaves_nothing(app: FastAPI, owner_url: URL) -> None:
     """The real commit path, outside the rolled-back test transaction: a constraint checked only at
     COMMIT fails it, and the client hears 500 (not the 200 the handler returned)."""
+    owner = create_async_engine(owner_url, poolclass=NullPool)  # the table is a schema change
     async with LifespanManager(app) as manager:
         engine = app.state.engine
-        async with engine.begin() as connection:
+        async with owner.begin() as connection:
             await connection.execute(text("DROP TABLE IF EXISTS commit_check"))
             await connection.execute(
                 text(
@@ -77,6 +81,8 @@ async def test_a_failed_commit_is_a_500_and_leaves_nothing(app: FastAPI) -> None
             response = await client.post("/duplicate")
         async with engine.begin() as connection:
             rows = await connection.scalar(text("SELECT count(*) FROM commit_check"))
+        async with owner.begin() as connection:
             await connection.execute(text("DROP TABLE commit_check"))
+    await owner.dispose()
     assert response.status_code == 500
     assert rows == 0

@@ -28,7 +28,10 @@ async def count_and_clean(database_url: URL) -> int:
     try:
         async with engine.begin() as connection:
             count = int(await connection.scalar(text("SELECT count(*) FROM orders")) or 0)
-            await connection.execute(text("TRUNCATE orders, idempotency_keys"))
+            # DELETE, not TRUNCATE: the runtime role the tests connect as has no TRUNCATE. Audit rows
+            # stay (append-only): tests find theirs by request id.
+            await connection.execute(text("DELETE FROM orders"))
+            await connection.execute(text("DELETE FROM idempotency_keys"))
         return count
     finally:
         await engine.dispose()

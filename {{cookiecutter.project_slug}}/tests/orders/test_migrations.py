@@ -44,7 +44,7 @@ def before_expand(server_url: URL) -> URL:
 
 def test_the_previous_release_still_writes_orders_after_the_expand(before_expand: URL) -> None:
     command.upgrade(
-        migrations.alembic_config(MIGRATIONS, before_expand.render_as_string(hide_password=False)), "head"
+        migrations.alembic_config(MIGRATIONS, before_expand.render_as_string(hide_password=False)), "heads"
     )
 
     async def check() -> None:

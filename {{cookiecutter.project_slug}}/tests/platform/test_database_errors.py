@@ -129,9 +129,10 @@ def app(target: URL, overrides: dict[str, Any]) -> FastAPI:
 
 
 @pytest.fixture
-async def admin(database_url: URL) -> AsyncIterator[AsyncEngine]:
-    """The test's own connections to the test database, beside the app's."""
-    engine = create_async_engine(database_url, poolclass=NullPool)
+async def admin(owner_url: URL) -> AsyncIterator[AsyncEngine]:
+    """The test's own connections to the test database, beside the app's, as the schema's owner
+    (the table it creates is the runtime role's to use by the default privileges of migration 0005)."""
+    engine = create_async_engine(owner_url, poolclass=NullPool)
     async with engine.begin() as connection:
         await connection.execute(text("DROP TABLE IF EXISTS database_errors_rows"))
         await connection.execute(
@@ -257,13 +258,13 @@ async def test_a_session_terminated_by_the_server_is_a_503(
 
 class TestARoleOverItsConnectionLimit:
     @pytest.fixture
-    async def target(self, database_url: URL) -> AsyncIterator[URL]:
+    async def target(self, owner_url: URL) -> AsyncIterator[URL]:
         """A role that may not open any connection (superusers ignore connection limits)."""
         role = f"limited_{uuid4().hex[:12]}"
-        engine = create_async_engine(database_url, poolclass=NullPool)
+        engine = create_async_engine(owner_url, poolclass=NullPool)
         async with engine.begin() as connection:
             await connection.execute(text(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0"))
-        yield database_url.set(username=role, password=None)
+        yield owner_url.set(username=role, password=None)
         async with engine.begin() as connection:
             await connection.execute(text(f"DROP ROLE IF EXISTS {role}"))
         await engine.dispose()

@@ -29,7 +29,8 @@ from hypothesis import settings
 from hypothesis import strategies
 from sqlalchemy import text
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from {{ cookiecutter.package_name }}.db.session import SessionDep
 from {{ cookiecutter.package_name }}.main import create_app
@@ -88,20 +89,22 @@ async def make_effect(request: Request, session: SessionDep, claim: ClaimDep, re
 
 
 @pytest.fixture
-async def app(database_url: URL) -> AsyncIterator[FastAPI]:
+async def app(database_url: URL, owner_url: URL) -> AsyncIterator[FastAPI]:
     app = create_app(make_settings(database_url, http_retry_max_wait_s=0.05))
     app.include_router(router)
+    # The table is the test's schema change: made by the owner, used by the app's runtime role.
+    owner = create_async_engine(owner_url, poolclass=NullPool)
     async with LifespanManager(app):
-        engine: AsyncEngine = app.state.engine
-        async with engine.begin() as connection:
+        async with owner.begin() as connection:
             await connection.execute(
                 text("CREATE TABLE IF NOT EXISTS idempotency_effects (id uuid, note text)")
             )
             await connection.execute(text("TRUNCATE idempotency_effects, idempotency_keys"))
         yield app
-        async with engine.begin() as connection:
+        async with owner.begin() as connection:
             await connection.execute(text("DROP TABLE idempotency_effects"))
             await connection.execute(text("TRUNCATE idempotency_keys"))
+    await owner.dispose()
 
 
 @pytest.fixture

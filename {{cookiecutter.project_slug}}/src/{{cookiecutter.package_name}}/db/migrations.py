@@ -1,7 +1,12 @@
 """Alembic, driven from Python: the `migrate` command, the tests and `/ready` share this.
 
 Migrations are their own deploy step (`python -m {{ cookiecutter.package_name }} migrate`, a Kubernetes
-Job), never a side effect of serving: `/ready` reports a schema behind the head instead.
+Job), never a side effect of serving: `/ready` reports a schema behind the heads instead.
+
+The chain has two branches off `0002_idempotency_keys`: the platform's revisions (each marked
+`platform_revision = True`, each revising the previous platform one, so a template update adds to
+its own branch) and the service's own. Both are applied together (`heads`, never `head`);
+`domain_heads` says what a new revision of the service revises (`make migration`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ def _chain(migrations_dir: Path) -> dict[str, tuple[str, ...]]:
     """Each revision of `versions/` and the revisions it revises, read from the files' top-level
     `revision` and `down_revision` without importing Alembic: `/ready` needs them at start-up,
     and Alembic's import would be most of that start-up. A test holds this to Alembic's reading."""
+    return {revision: downs for revision, (downs, _) in _read(migrations_dir).items()}
+
+
+def _read(migrations_dir: Path) -> dict[str, tuple[tuple[str, ...], bool]]:
+    """Each revision: what it revises, and whether it is the platform's (`platform_revision`)."""
     chain = {}
     for path in sorted((migrations_dir / "versions").glob("*.py")):
         values: dict[str, object] = {}
@@ -44,14 +54,18 @@ def _chain(migrations_dir: Path) -> dict[str, tuple[str, ...]]:
                 target, value = node.targets[0], node.value
             else:
                 continue
-            if isinstance(target, ast.Name) and target.id in {"revision", "down_revision"}:
+            if isinstance(target, ast.Name) and target.id in {
+                "revision",
+                "down_revision",
+                "platform_revision",
+            }:
                 values[target.id] = ast.literal_eval(value)
         revision, down = values.get("revision"), values.get("down_revision")
         if isinstance(revision, str):
             downs = (
                 (down,) if isinstance(down, str) else tuple(down) if isinstance(down, tuple | list) else ()
             )
-            chain[revision] = tuple(str(d) for d in downs)
+            chain[revision] = (tuple(str(d) for d in downs), values.get("platform_revision") is True)
     return chain
 
 
@@ -64,18 +78,28 @@ def expected_heads(migrations_dir: Path) -> frozenset[str]:
     return frozenset(chain) - revised
 
 
+def domain_heads(migrations_dir: Path) -> frozenset[str]:
+    """What a new revision of the service revises: the heads outside the platform's branch, or the
+    platform's head while the service has no revision of its own (`scripts/new_migration.py`)."""
+    read = _read(migrations_dir)
+    heads = expected_heads(migrations_dir)
+    return frozenset(head for head in heads if not read[head][1]) or heads
+
+
 def known_revisions(migrations_dir: Path) -> frozenset[str]:
     """Every revision this code ships: a database at one it does not know is ahead of it."""
     return frozenset(_chain(migrations_dir))
 
 
-def upgrade(migrations_dir: Path, url: str, revision: str = "head", settings: Settings | None = None) -> None:
+def upgrade(
+    migrations_dir: Path, url: str, revision: str = "heads", settings: Settings | None = None
+) -> None:
     from alembic import command
 
     command.upgrade(alembic_config(migrations_dir, url, settings), revision)
 
 
-def downgrade(migrations_dir: Path, url: str, revision: str) -> None:
+def downgrade(migrations_dir: Path, url: str, revision: str, settings: Settings | None = None) -> None:
     from alembic import command
 
-    command.downgrade(alembic_config(migrations_dir, url), revision)
+    command.downgrade(alembic_config(migrations_dir, url, settings), revision)

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from {{ cookiecutter.package_name }}.orders.inventory import Inventory
 from {{ cookiecutter.package_name }}.orders.models import Order
 from {{ cookiecutter.package_name }}.orders.schemas import OrderCreate
+from {{ cookiecutter.package_name }}.platform import audit
 from {{ cookiecutter.package_name }}.platform.errors import BadRequest
 from {{ cookiecutter.package_name }}.platform.errors import NotFound
 
@@ -31,6 +32,10 @@ async def create(
     order = Order(sku=data.sku, quantity=data.quantity)
     session.add(order)
     await session.flush()
+    # In the same transaction as the order: both commit, or neither.
+    audit.record(
+        session, action="order.created", resource_type="order", resource_id=str(order.id), outcome="success"
+    )
     log.info("order_created", order_id=str(order.id), sku=order.sku, quantity=order.quantity)
     return order
 
