@@ -29,8 +29,10 @@ from sqlalchemy.pool import NullPool
 from {{ cookiecutter.package_name }} import domains
 from {{ cookiecutter.package_name }}.db.base import Base
 
-# The platform's own model (idempotency records); domains are found by `domains.modules`.
+# The platform's own models (idempotency records, rate limit windows); domains are found by
+# `domains.modules`.
 from {{ cookiecutter.package_name }}.platform import idempotency  # noqa: F401
+from {{ cookiecutter.package_name }}.platform import ratelimit  # noqa: F401
 from {{ cookiecutter.package_name }}.settings import Settings
 from {{ cookiecutter.package_name }}.settings import load_settings
 from {{ cookiecutter.package_name }}.settings import to_async_url

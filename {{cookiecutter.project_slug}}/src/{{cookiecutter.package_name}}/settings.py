@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated
 from typing import Literal
 
+import limits
 from pydantic import Field
 from pydantic import HttpUrl
 from pydantic import SecretStr
@@ -100,6 +101,14 @@ class Settings(BaseSettings):
     idempotency_retention_s: PositiveSeconds = Field(default=24 * 3600, le=30 * 24 * 3600)
     idempotency_purge_interval_s: PositiveSeconds = 300.0
 
+    # Rate limits (platform/ratelimit/): RATE_LIMIT_DEFAULT applies to every domain route, per caller
+    # (principal, else client address) and route, in limits' syntax (`100/second`, `1000/hour`).
+    # `memory` counts in each process; `database` shares the count between replicas (PostgreSQL).
+    rate_limit_enabled: bool = True
+    rate_limit_default: str = "100/second"
+    rate_limit_storage: Literal["memory", "database"] = "memory"
+    rate_limit_purge_interval_s: PositiveSeconds = 60.0
+
     # The example domain's upstream; unset skips the stock check (so `make demo` needs nothing else).
     inventory_url: HttpUrl | None = None
 
@@ -117,6 +126,17 @@ class Settings(BaseSettings):
                 f"{value} holds no Alembic environment (env.py): run from the project directory "
                 "or set MIGRATIONS_DIR"
             )
+        return value
+
+    @field_validator("rate_limit_default")
+    @classmethod
+    def _one_rate_limit(cls, value: str) -> str:
+        try:
+            items = limits.parse_many(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a rate limit (expected e.g. 100/second, 1000/hour)") from None
+        if len(items) != 1 or items[0].amount < 1:
+            raise ValueError("one limit of at least 1 request (e.g. 100/second)")
         return value
 
     @field_validator("log_level", mode="before")
