@@ -31,9 +31,11 @@ from sqlalchemy.pool import NullPool
 from {{ cookiecutter.package_name }} import domains
 from {{ cookiecutter.package_name }}.db.base import Base
 
-# The platform's own models (audit trail, idempotency records); domains are found by `domains.modules`.
+# The platform's own models (audit trail, idempotency records, rate limit windows); domains are
+# found by `domains.modules`.
 from {{ cookiecutter.package_name }}.platform import audit  # noqa: F401
 from {{ cookiecutter.package_name }}.platform import idempotency  # noqa: F401
+from {{ cookiecutter.package_name }}.platform import ratelimit  # noqa: F401
 from {{ cookiecutter.package_name }}.settings import Settings
 from {{ cookiecutter.package_name }}.settings import load_settings
 from {{ cookiecutter.package_name }}.settings import to_async_url

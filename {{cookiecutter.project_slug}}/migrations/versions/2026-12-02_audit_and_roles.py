@@ -6,7 +6,7 @@ Created: 2026-12-02
 
 A platform revision: platform revisions form their own branch off 0002_idempotency_keys, each
 revising the previous platform one, so a template update never forks a service's own chain
-(docs/migrations.md). `platform_revision` marks it for `scripts/new_migration.py`.
+(docs/migrations.md). `platform_revision` marks it for `scripts/migration_base.py`.
 
 The migration role (the one running this, the schema's owner) grants the runtime role
 (`DB_RUNTIME_ROLE`, created beforehand by whoever provisions the database: README.md) only DML:

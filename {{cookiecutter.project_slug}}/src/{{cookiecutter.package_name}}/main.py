@@ -29,6 +29,7 @@ from {{ cookiecutter.package_name }}.platform import health
 from {{ cookiecutter.package_name }}.platform import http
 from {{ cookiecutter.package_name }}.platform import idempotency
 from {{ cookiecutter.package_name }}.platform import logs
+from {{ cookiecutter.package_name }}.platform import ratelimit
 from {{ cookiecutter.package_name }}.platform import resilience
 from {{ cookiecutter.package_name }}.platform import tracing
 from {{ cookiecutter.package_name }}.platform.metrics import Metrics
@@ -110,6 +111,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 name="audit-purge",
             )
             resources.push_async_callback(_cancelled, audit_purger)
+            app.state.rate_limiter = ratelimit.Limiter(settings, metrics=metrics, engine=engine)
+            if settings.rate_limit_enabled and settings.rate_limit_storage == "database":
+                rate_limit_purger = asyncio.create_task(
+                    ratelimit.purge_periodically(engine, settings.rate_limit_purge_interval_s),
+                    name="rate-limit-purge",
+                )
+                resources.push_async_callback(_cancelled, rate_limit_purger)
             # Everything allocated so far (modules, the app, the engine) lives as long as the process:
             # moving it out of the collector's reach makes each collection scan only what requests
             # allocate. Measured: +9% throughput, and p99 of a trivial route from 54 ms to 7 ms.
@@ -142,7 +150,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         router = getattr(module, "router", None)
         if not isinstance(router, APIRouter):
             raise TypeError(f"{module.__name__} must define `router = APIRouter(...)`")
-        app.include_router(router)
+        # Every domain route is rate limited (RATE_LIMIT_DEFAULT unless it declares its own).
+        app.include_router(router, dependencies=[ratelimit.Limited], responses=ratelimit.RESPONSES)
     logs.protect_personal_data()  # the domains' schemas are imported by now
     app.add_middleware(
         RequestContextMiddleware,

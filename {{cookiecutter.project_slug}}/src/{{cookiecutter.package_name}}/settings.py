@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated
 from typing import Literal
 
+import limits
 from pydantic import Field
 from pydantic import HttpUrl
 from pydantic import SecretStr
@@ -118,6 +119,13 @@ class Settings(BaseSettings):
     # than the 90 days the database itself enforces, and purged every AUDIT_PURGE_INTERVAL_S.
     audit_retention_s: float = Field(default=400 * 24 * 3600, ge=90 * 24 * 3600, le=10 * 366 * 24 * 3600)
     audit_purge_interval_s: PositiveSeconds = 3600.0
+    # Rate limits (platform/ratelimit/): RATE_LIMIT_DEFAULT applies to every domain route, per caller
+    # (principal, else client address) and route, in limits' syntax (`100/second`, `1000/hour`).
+    # `memory` counts in each process; `database` shares the count between replicas (PostgreSQL).
+    rate_limit_enabled: bool = True
+    rate_limit_default: str = "100/second"
+    rate_limit_storage: Literal["memory", "database"] = "memory"
+    rate_limit_purge_interval_s: PositiveSeconds = 60.0
 
     # The example domain's upstream; unset skips the stock check (so `make demo` needs nothing else).
     inventory_url: HttpUrl | None = None
@@ -141,6 +149,17 @@ class Settings(BaseSettings):
                 f"{value} holds no Alembic environment (env.py): run from the project directory "
                 "or set MIGRATIONS_DIR"
             )
+        return value
+
+    @field_validator("rate_limit_default")
+    @classmethod
+    def _one_rate_limit(cls, value: str) -> str:
+        try:
+            items = limits.parse_many(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a rate limit (expected e.g. 100/second, 1000/hour)") from None
+        if len(items) != 1 or items[0].amount < 1:
+            raise ValueError("one limit of at least 1 request (e.g. 100/second)")
         return value
 
     @field_validator("log_level", mode="before")

@@ -80,7 +80,7 @@ def expected_heads(migrations_dir: Path) -> frozenset[str]:
 
 def domain_heads(migrations_dir: Path) -> frozenset[str]:
     """What a new revision of the service revises: the heads outside the platform's branch, or the
-    platform's head while the service has no revision of its own (`scripts/new_migration.py`)."""
+    platform's head while the service has no revision of its own (`scripts/migration_base.py`)."""
     read = _read(migrations_dir)
     heads = expected_heads(migrations_dir)
     return frozenset(head for head in heads if not read[head][1]) or heads

@@ -11,6 +11,7 @@ The tree, expected errors first:
       NotFound        404        dependency that is down); raise it from services
       Conflict        409
       BadRequest      400
+      TooManyRequests 429        `rate-limited`, with Retry-After (`ratelimit`)
     database pool exhausted      503 `database-busy` with Retry-After, after DB_POOL_TIMEOUT_S
     DatabaseUnreachable          503 `database-unavailable` with Retry-After: a server refused or
                                  silent at connect (`db/session.py` raises it)
@@ -100,6 +101,10 @@ class Conflict(ServiceError):
     status, slug = 409, "conflict"
 
 
+class TooManyRequests(ServiceError):
+    status, slug = 429, "rate-limited"
+
+
 class ServiceUnavailable(ServiceError):
     status, slug = 503, "service-unavailable"
 
@@ -152,7 +157,7 @@ class Problem(BaseModel):
 
 PROBLEM_RESPONSES: dict[int, dict[str, Any]] = {
     code: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": HTTPStatus(code).phrase}
-    for code in (400, 404, 409, 413, 422, 500, 503, 504)
+    for code in (400, 404, 409, 413, 422, 429, 500, 503, 504)
 }
 
 

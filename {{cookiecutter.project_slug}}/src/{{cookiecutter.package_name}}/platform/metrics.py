@@ -2,7 +2,7 @@
 
 Standard: Observability / Metrics. Request count and latency by method, route template and status
 (recorded by `middleware.RequestContextMiddleware`); outbound calls, retries and circuit breaker
-state per upstream (recorded by `resilience`); idempotency outcomes (`idempotency`); transient
+state per upstream (recorded by `resilience`); idempotency outcomes (`idempotency`); rate limit refusals and store errors (`ratelimit`); transient
 database errors answered 503, by SQLSTATE (`errors`); database pool gauges read at scrape time.
 Each app has its own registry, so two apps in one process (tests) never share counters.
 
@@ -93,6 +93,17 @@ class Metrics:
             "57014 statement timeout, 40P01 deadlock, 40001 serialization failure, 53300 too many "
             "connections, 57P03 not accepting connections, 57P01 connection terminated.",
             ["sqlstate"],
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "rate_limited_requests",
+            "Requests refused 429 for their caller's rate limit, by route template.",
+            ["route"],
+            registry=self.registry,
+        )
+        self.rate_limit_store_errors = Counter(
+            "rate_limit_store_errors",
+            "Rate limit checks the shared store failed to answer; each request was admitted (fail open).",
             registry=self.registry,
         )
         self.ready = Gauge(

@@ -40,6 +40,7 @@ from starlette.types import Send
 from {{ cookiecutter.package_name }}.platform import deadline
 from {{ cookiecutter.package_name }}.platform import deprecation
 from {{ cookiecutter.package_name }}.platform import errors
+from {{ cookiecutter.package_name }}.platform import ratelimit
 from {{ cookiecutter.package_name }}.platform import shutdown
 from {{ cookiecutter.package_name }}.platform.metrics import Metrics
 
@@ -138,6 +139,8 @@ class RequestContextMiddleware:
                     headers.append((b"connection", b"close"))
                 # A deprecated route says so on every answer, errors included (`deprecation`).
                 headers.extend(deprecation.headers(getattr(scope.get("route"), "openapi_extra", None)))
+                # A limited route's RateLimit headers, likewise on every answer (`ratelimit`).
+                headers.extend(ratelimit.headers(scope))
                 message["headers"] = headers
             await send(message)
 
