@@ -23,6 +23,7 @@ from {{ cookiecutter.package_name }}.db import migrations
 from {{ cookiecutter.package_name }}.db.session import create_engine
 from {{ cookiecutter.package_name }}.db.session import create_probe_engine
 from {{ cookiecutter.package_name }}.db.session import create_sessionmaker
+from {{ cookiecutter.package_name }}.platform import auth
 from {{ cookiecutter.package_name }}.platform import errors
 from {{ cookiecutter.package_name }}.platform import health
 from {{ cookiecutter.package_name }}.platform import http
@@ -81,6 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.upstreams = resilience.Upstreams(
                 client, settings=settings, metrics=metrics, tracer=tracer
             )
+            app.state.authenticator = await auth.start(app, settings, app.state.upstreams)
+            resources.push_async_callback(auth.stop, app.state.authenticator)
             app.state.readiness = health.Readiness(
                 probe_engine,
                 expected_heads=migrations.expected_heads(settings.migrations_dir),
@@ -122,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not isinstance(router, APIRouter):
             raise TypeError(f"{module.__name__} must define `router = APIRouter(...)`")
         app.include_router(router)
+    auth.install(app)
     app.add_middleware(
         RequestContextMiddleware,
         tracer=tracer,

@@ -146,6 +146,10 @@ class RequestContextMiddleware:
                 span.set_attributes({"http.route": route, "http.response.status_code": status})
                 if status >= 500:
                     span.set_status(Status(StatusCode.ERROR))
+            # The actor, when a route authenticated the request (`auth.authenticate`): the access line
+            # is written here, outside the route, so it is read from the request's state.
+            subject = getattr(scope["state"].get("principal"), "subject", None)
+            actor = {"actor_id": subject} if subject is not None else {}
             log.info(
                 "http_request",
                 method=method,
@@ -153,11 +157,12 @@ class RequestContextMiddleware:
                 path=path,
                 status=status,
                 duration_ms=round(duration * 1000, 2),
+                **actor,
             )
             self.metrics.observe(method, route, status, duration)
             span.end()
             otel_context.detach(token)
-            structlog.contextvars.unbind_contextvars("request_id")
+            structlog.contextvars.unbind_contextvars("request_id", "actor_id")
 
     def _limited(self, receive: Receive) -> Receive:
         """Count body bytes as they arrive; a chunked body past the limit stops being read."""
