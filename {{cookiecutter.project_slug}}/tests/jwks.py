@@ -38,8 +38,10 @@ class SigningKey:
 
     def jwk(self) -> dict[str, Any]:
         public = self.private.public_key()
-        algorithm = RSAAlgorithm if isinstance(public, rsa.RSAPublicKey) else ECAlgorithm
-        return {**algorithm.to_jwk(public, as_dict=True), "kid": self.kid, "use": "sig", "alg": self.alg}
+        if isinstance(public, rsa.RSAPublicKey):
+            # Published without `alg`, as some providers do: the service's allow-list decides alone.
+            return {**RSAAlgorithm.to_jwk(public, as_dict=True), "kid": self.kid, "use": "sig"}
+        return {**ECAlgorithm.to_jwk(public, as_dict=True), "kid": self.kid, "use": "sig", "alg": self.alg}
 
 
 class JwksServer:
@@ -98,8 +100,10 @@ class JwksServer:
         scope: str = "items:read items:write",
         subject: str = "user-1",
         headers: dict[str, Any] | None = None,
+        alg: str | None = None,
         **claims: Any,
     ) -> str:
+        """A token signed with `key` (the RSA key by default); a claim given as None is left out."""
         key = key or self.rsa
         now = int(time.time())
         payload = {
@@ -112,6 +116,7 @@ class JwksServer:
             "scope": scope,
             **claims,
         }
+        payload = {name: value for name, value in payload.items() if value is not None}
         return jwt.encode(
-            payload, key.private, algorithm=key.alg, headers={"kid": key.kid, **(headers or {})}
+            payload, key.private, algorithm=alg or key.alg, headers={"kid": key.kid, **(headers or {})}
         )

@@ -146,10 +146,6 @@ class RequestContextMiddleware:
                 span.set_attributes({"http.route": route, "http.response.status_code": status})
                 if status >= 500:
                     span.set_status(Status(StatusCode.ERROR))
-            # The actor, when a route authenticated the request (`auth.authenticate`): the access line
-            # is written here, outside the route, so it is read from the request's state.
-            subject = getattr(scope["state"].get("principal"), "subject", None)
-            actor = {"actor_id": subject} if subject is not None else {}
             log.info(
                 "http_request",
                 method=method,
@@ -157,11 +153,11 @@ class RequestContextMiddleware:
                 path=path,
                 status=status,
                 duration_ms=round(duration * 1000, 2),
-                **actor,
             )
             self.metrics.observe(method, route, status, duration)
             span.end()
             otel_context.detach(token)
+            # `actor_id` is bound by `auth.authenticate`, in this same context: this line carries it.
             structlog.contextvars.unbind_contextvars("request_id", "actor_id")
 
     def _limited(self, receive: Receive) -> Receive:

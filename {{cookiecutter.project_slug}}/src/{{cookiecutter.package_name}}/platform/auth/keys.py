@@ -101,7 +101,7 @@ class JwksCache:
                 return None  # the key is published for another algorithm
             try:
                 verifier = PyJWK(jwk, algorithm=alg)  # binds the algorithm: the key's type must fit it
-            except PyJWTError:
+            except (PyJWTError, NotImplementedError):  # NotImplementedError: an algorithm with no key
                 return None
             self._verifiers[(kid, alg)] = verifier
         return verifier
