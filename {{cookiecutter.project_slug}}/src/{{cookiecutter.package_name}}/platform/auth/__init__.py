@@ -5,7 +5,7 @@ Governance (audit trails). Tuned by `AUTH_MODE`, `AUTH_JWKS_URL`, `AUTH_ISSUER`,
 `AUTH_ALGORITHMS`, `AUTH_LEEWAY_S`, `AUTH_JWKS_CACHE_S`, `AUTH_JWKS_MIN_REFRESH_S`,
 `AUTH_TENANT_CLAIM`.
 
-A route declares the scopes it needs, once: `dependencies=[require("orders:write")]`. Per request:
+A route declares the scopes it needs, once: `dependencies=[require("items:write")]`. Per request:
 
 1. `authenticate` reads `Authorization: Bearer <token>`; missing: 401 with
    `WWW-Authenticate: Bearer realm="<service>"`.

@@ -1,4 +1,4 @@
-"""The dependencies a route declares: `require("orders:write")`, `PrincipalDep`."""
+"""The dependencies a route declares: `require("items:write")`, `PrincipalDep`."""
 
 from __future__ import annotations
 
@@ -128,8 +128,8 @@ class _Scopes:
 
 
 def require(*scopes: str) -> Any:
-    """The one declaration: `dependencies=[require("orders:write")]` on a route or router, or
-    `principal: Annotated[Principal, require("orders:read")]`. 401 without a valid token, 403
+    """The one declaration: `dependencies=[require("items:write")]` on a route or router, or
+    `principal: Annotated[Principal, require("items:read")]`. 401 without a valid token, 403
     without every scope named. Declare it in `dependencies=` on an idempotent route: those run
     before the Idempotency-Key is claimed, so a refusal is never stored and replayed."""
     return Security(_Scopes(scopes), scopes=list(scopes))
