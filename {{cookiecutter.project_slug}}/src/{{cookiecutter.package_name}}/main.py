@@ -24,6 +24,7 @@ from {{ cookiecutter.package_name }}.db.session import create_engine
 from {{ cookiecutter.package_name }}.db.session import create_probe_engine
 from {{ cookiecutter.package_name }}.db.session import create_sessionmaker
 from {{ cookiecutter.package_name }}.platform import audit
+from {{ cookiecutter.package_name }}.platform import auth
 from {{ cookiecutter.package_name }}.platform import errors
 from {{ cookiecutter.package_name }}.platform import health
 from {{ cookiecutter.package_name }}.platform import http
@@ -91,6 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             else:
                 resources.push_async_callback(asyncio.to_thread, metrics_server.close)
                 app.state.metrics_port = metrics_server.port
+            app.state.authenticator = await auth.start(app, settings, app.state.upstreams)
+            resources.push_async_callback(auth.stop, app.state.authenticator)
             app.state.readiness = health.Readiness(
                 probe_engine,
                 expected_heads=migrations.expected_heads(settings.migrations_dir),
@@ -152,6 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise TypeError(f"{module.__name__} must define `router = APIRouter(...)`")
         # Every domain route is rate limited (RATE_LIMIT_DEFAULT unless it declares its own).
         app.include_router(router, dependencies=[ratelimit.Limited], responses=ratelimit.RESPONSES)
+    auth.install(app)
     logs.protect_personal_data()  # the domains' schemas are imported by now
     app.add_middleware(
         RequestContextMiddleware,

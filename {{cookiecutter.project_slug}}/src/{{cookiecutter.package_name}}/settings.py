@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from pydantic import field_validator
 from pydantic import model_validator
 from pydantic_settings import BaseSettings
+from pydantic_settings import NoDecode
 from pydantic_settings import SettingsConfigDict
 from sqlalchemy.engine import URL
 from sqlalchemy.engine import make_url
@@ -29,6 +30,12 @@ from sqlalchemy.exc import ArgumentError
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 PositiveSeconds = Annotated[float, Field(gt=0, le=30 * 24 * 3600)]
+
+# Signature algorithms a bearer token may use: asymmetric only. A JWKS publishes public keys, so
+# an HMAC algorithm would take a public key as its shared secret (the classic confusion attack).
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
 
 # The async driver the service speaks; a plain `postgresql://` URL is rewritten to it.
 ASYNC_DRIVER = "postgresql+asyncpg"
@@ -130,6 +137,21 @@ class Settings(BaseSettings):
     # The example domain's upstream; unset skips the stock check (so `make demo` needs nothing else).
     inventory_url: HttpUrl | None = None
 
+    # Authentication (platform/auth): bearer JWTs verified against the identity provider's JWKS.
+    # AUTH_MODE unset means `jwt` when AUTH_JWKS_URL is set, else the development principal (only
+    # with ENVIRONMENT=development); `none` says on purpose that a gateway or mesh authenticates.
+    auth_mode: Literal["jwt", "none"] | None = None
+    auth_jwks_url: HttpUrl | None = None
+    auth_issuer: str | None = None
+    auth_audience: str | None = None
+    # Comma-separated in the environment: AUTH_ALGORITHMS=RS256,ES256
+    auth_algorithms: Annotated[tuple[str, ...], NoDecode] = ("RS256", "ES256", "EdDSA", "PS256")
+    # Clock skew tolerated on exp/nbf/iat: small, since an expired token stays usable this long.
+    auth_leeway_s: float = Field(default=30.0, ge=0, le=300)
+    auth_jwks_cache_s: PositiveSeconds = 300.0
+    auth_jwks_min_refresh_s: PositiveSeconds = 10.0
+    auth_tenant_claim: str = "tenant"
+
     # The OpenTelemetry SDK reads the rest of the standard OTEL_* variables itself
     # (OTEL_TRACES_SAMPLER, OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_HEADERS, ...).
     otel_service_name: str = "{{ cookiecutter.project_slug }}"
@@ -174,6 +196,45 @@ class Settings(BaseSettings):
             return None
         to_async_url(value.get_secret_value())  # raises ValueError with a client-safe reason
         return value
+
+    @field_validator("auth_algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("auth_algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        refused = [name for name in value if name not in ASYMMETRIC_ALGORITHMS]
+        if refused or not value:
+            raise ValueError(
+                f"asymmetric algorithms only (never none, never HS*): {', '.join(sorted(ASYMMETRIC_ALGORITHMS))}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _authentication_configured(self) -> Settings:
+        if self.auth_jwks_url is not None and self.auth_mode != "none":
+            if not self.auth_issuer or not self.auth_audience:
+                raise ValueError("AUTH_JWKS_URL needs AUTH_ISSUER and AUTH_AUDIENCE")
+        elif self.auth_mode == "jwt":
+            raise ValueError("AUTH_MODE=jwt needs AUTH_JWKS_URL, AUTH_ISSUER and AUTH_AUDIENCE")
+        elif self.auth_mode is None and self.environment != "development":
+            raise ValueError(
+                f"ENVIRONMENT={self.environment} needs AUTH_JWKS_URL, AUTH_ISSUER and AUTH_AUDIENCE "
+                "(or AUTH_MODE=none when a gateway or mesh authenticates)"
+            )
+        if self.auth_jwks_min_refresh_s > self.auth_jwks_cache_s:
+            raise ValueError("AUTH_JWKS_MIN_REFRESH_S must not be longer than AUTH_JWKS_CACHE_S")
+        return self
+
+    def auth_resolved_mode(self) -> Literal["jwt", "none", "development"]:
+        """How requests are authenticated: verified tokens, a gateway's word, or the development principal."""
+        if self.auth_mode is not None:
+            return self.auth_mode
+        return "jwt" if self.auth_jwks_url is not None else "development"
 
     @model_validator(mode="after")
     def _waits_fit_the_deadline(self) -> Settings:

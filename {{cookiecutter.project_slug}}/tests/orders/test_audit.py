@@ -46,7 +46,7 @@ async def test_an_order_created_over_http_is_audited_once(committed: URL) -> Non
         await engine.dispose()
     assert len(rows) == 1
     (row,) = rows
-    assert row["actor"] == "anonymous"  # no authentication in this test's request
+    assert row["actor"] == "developer"  # the development principal: no identity provider here
     assert row["action"] == "order.created"
     assert row["resource_type"] == "order"
     assert row["resource_id"] == response.json()["id"]

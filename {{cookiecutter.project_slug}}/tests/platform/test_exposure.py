@@ -94,8 +94,9 @@ async def test_answers_forbid_sniffing_and_storing(app: FastAPI, client: httpx.A
     ("overrides", "served"),
     [
         ({"environment": "development"}, True),
-        ({"environment": "production"}, False),
-        ({"environment": "production", "docs_enabled": True}, True),
+        # AUTH_MODE=none: production refuses to start without authentication configured.
+        ({"environment": "production", "auth_mode": "none"}, False),
+        ({"environment": "production", "auth_mode": "none", "docs_enabled": True}, True),
     ],
     ids=["development", "production", "production-DOCS_ENABLED"],
 )

@@ -20,6 +20,7 @@ from {{ cookiecutter.package_name }}.orders.inventory import InventoryDep
 from {{ cookiecutter.package_name }}.orders.schemas import OrderCreate
 from {{ cookiecutter.package_name }}.orders.schemas import OrderPage
 from {{ cookiecutter.package_name }}.orders.schemas import OrderRead
+from {{ cookiecutter.package_name }}.platform.auth import require
 from {{ cookiecutter.package_name }}.platform.errors import PROBLEM_RESPONSES
 from {{ cookiecutter.package_name }}.platform.idempotency import ClaimDep
 from {{ cookiecutter.package_name }}.platform.idempotency import IdempotentRoute
@@ -54,6 +55,7 @@ def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     "",
     status_code=status.HTTP_201_CREATED,
     responses=_problems(400, 409, 422, 503, 504),
+    dependencies=[require("orders:write")],
 )
 async def create_order(
     data: OrderCreate, session: SessionDep, inventory: InventoryDep, claim: ClaimDep, response: Response
@@ -68,12 +70,12 @@ async def create_order(
     return OrderRead.model_validate(order)
 
 
-@router.get("/{order_id}", responses=_problems(404, 422, 503))
+@router.get("/{order_id}", responses=_problems(404, 422, 503), dependencies=[require("orders:read")])
 async def get_order(order_id: uuid.UUID, session: SessionDep) -> OrderRead:
     return OrderRead.model_validate(await service.get(session=session, order_id=order_id))
 
 
-@router.get("", responses=_problems(400, 422, 503))
+@router.get("", responses=_problems(400, 422, 503), dependencies=[require("orders:read")])
 async def list_orders(
     session: SessionDep,
     limit: Annotated[

@@ -11,6 +11,8 @@ The tree, expected errors first:
       NotFound        404        dependency that is down); raise it from services
       Conflict        409
       BadRequest      400
+      Unauthorized    401        no or an invalid bearer token, with WWW-Authenticate (`auth`)
+      Forbidden       403        a valid token without the scope (`auth`)
       TooManyRequests 429        `rate-limited`, with Retry-After (`ratelimit`)
     database pool exhausted      503 `database-busy` with Retry-After, after DB_POOL_TIMEOUT_S
     DatabaseUnreachable          503 `database-unavailable` with Retry-After: a server refused or
@@ -157,7 +159,7 @@ class Problem(BaseModel):
 
 PROBLEM_RESPONSES: dict[int, dict[str, Any]] = {
     code: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": HTTPStatus(code).phrase}
-    for code in (400, 404, 409, 413, 422, 429, 500, 503, 504)
+    for code in (400, 401, 403, 404, 409, 413, 422, 429, 500, 503, 504)
 }
 
 

@@ -183,7 +183,8 @@ class RequestContextMiddleware:
             self.metrics.observe(method, route, status, duration)
             span.end()
             otel_context.detach(token)
-            structlog.contextvars.unbind_contextvars("request_id")
+            # `actor_id` is bound by `auth.authenticate`, in this same context: this line carries it.
+            structlog.contextvars.unbind_contextvars("request_id", "actor_id")
 
     def _limited(self, receive: Receive) -> Receive:
         """Count body bytes as they arrive; a chunked body past the limit stops being read."""

@@ -25,6 +25,7 @@ from starlette.responses import StreamingResponse
 
 from {{ cookiecutter.package_name }}.db.session import SessionDep
 from {{ cookiecutter.package_name }}.platform import errors
+from {{ cookiecutter.package_name }}.platform.auth import PrincipalDep
 from {{ cookiecutter.package_name }}.platform.errors import Conflict
 from {{ cookiecutter.package_name }}.platform.errors import ServiceError
 from {{ cookiecutter.package_name }}.platform.idempotency.key import KEY_HEADER
@@ -40,7 +41,6 @@ log = structlog.get_logger(__name__)
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-ANONYMOUS = "-"
 
 
 class KeyInFlight(Conflict):
@@ -139,11 +139,11 @@ async def _outlive_cancellation(work: Coroutine[Any, Any, Any]) -> None:
     await asyncio.shield(task)
 
 
-def current_principal() -> str:
-    """Who the key belongs to. Without authentication there is one scope; a service that
-    authenticates overrides this dependency with one returning the subject or tenant:
-    `app.dependency_overrides[idempotency.current_principal] = auth.current_subject`."""
-    return ANONYMOUS
+def current_principal(principal: PrincipalDep) -> str:
+    """Who the key belongs to: the authenticated subject. One caller can neither replay nor probe
+    another's key (the same key from another subject is another record). Depending on
+    `authenticate`, an unauthenticated request is refused before any key is claimed."""
+    return principal.subject
 
 
 def _replay_or_refusal(
@@ -221,7 +221,9 @@ class IdempotentRoute(APIRoute):
                 raise TypeError(f"{where}: an idempotent route cannot also serve safe methods; split it")
             if _streams(kwargs.get("response_class"), endpoint):
                 raise TypeError(f"{where}: a streaming or file response cannot be stored and replayed")
-            kwargs["dependencies"] = [Depends(_bind_session), *(kwargs.get("dependencies") or ())]
+            # The route's own dependencies first: its scope check (`auth.require`) refuses a request
+            # before the key is claimed, so that a 403 is never stored and replayed.
+            kwargs["dependencies"] = [*(kwargs.get("dependencies") or ()), Depends(_bind_session)]
             extra = dict(kwargs.get("openapi_extra") or {})
             extra["parameters"] = [KEY_PARAMETER, *extra.get("parameters", ())]
             kwargs["openapi_extra"] = extra

@@ -14,12 +14,14 @@ import structlog
 from fastapi import Depends
 from fastapi import Request
 from fastapi.params import Depends as DependsParam
+from fastapi.security import HTTPAuthorizationCredentials
 from limits import RateLimitItem
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import FixedWindowRateLimiter
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import Scope
 
+from {{ cookiecutter.package_name }}.platform import auth
 from {{ cookiecutter.package_name }}.platform.errors import PROBLEM_RESPONSES
 from {{ cookiecutter.package_name }}.platform.errors import TooManyRequests
 from {{ cookiecutter.package_name }}.platform.metrics import Metrics
@@ -61,10 +63,16 @@ class _Enforce:
         await limiter.check(request, principal, self.policy)
 
 
-async def current_principal_or_none(request: Request) -> object | None:
-    """Who is calling, when authentication says so; None for anonymous traffic (limited per client
-    address). A dependency of its own, so that the authentication dependency runs before the limit."""
-    return getattr(request.state, "principal", None)
+async def current_principal_or_none(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(auth.bearer)]
+) -> object | None:
+    """Who is calling: the authenticated principal (verified once per request: the route's own
+    `require` reuses it), or None for a caller without a valid token, limited per client address,
+    so a flood of bad tokens is limited too. The route's authentication still answers its 401."""
+    try:
+        return await auth.authenticate(request, credentials)
+    except auth.Unauthorized:
+        return None
 
 
 PrincipalDep = Annotated[object | None, Depends(current_principal_or_none)]
