@@ -117,6 +117,7 @@ def test_the_direct_dependencies_cannot_be_shadowed() -> None:
         "opentelemetry-api": "opentelemetry",
         "opentelemetry-sdk": "opentelemetry",
         "opentelemetry-exporter-otlp-proto-http": "opentelemetry",
+        "pyjwt": "jwt",
     }
     for requirement in pyproject["project"]["dependencies"]:
         name = requirement.split("[")[0].split(">")[0].split("<")[0].split("=")[0].strip()
