@@ -89,17 +89,20 @@ def wait_http(url: str, timeout_s: float = 60) -> None:
     raise RuntimeError(f"{url} never answered 200")
 
 
-def start_database() -> tuple[subprocess.Popen[str], str]:
+def start_database() -> tuple[subprocess.Popen[str], str, str]:
+    """The embedded server, kept running; its owner's URL (migrations, seeding, the bare apps) and
+    the runtime role's (the service, as it runs in production: DML only)."""
     code = (
         "import sys, time; from pathlib import Path; from orders_service.db import embedded; "
-        "print(embedded.start(Path('.data/postgres-bench')), flush=True); sys.stdin.read()"
+        "url = embedded.start(Path('.data/postgres-bench')); print(url, flush=True); "
+        "print(embedded.runtime_role(url, 'orders_service_app'), flush=True); sys.stdin.read()"
     )
     process = subprocess.Popen(
         [str(PY), "-c", code], cwd=PROJECT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     assert process.stdout is not None
-    url = process.stdout.readline().strip()
-    return process, url
+    owner, runtime = process.stdout.readline().strip(), process.stdout.readline().strip()
+    return process, owner, runtime
 
 
 def pin_database() -> None:
@@ -142,6 +145,9 @@ def start_server(app: str, port: int, database_url: str) -> subprocess.Popen[str
         "LOG_LEVEL": "INFO",
         "MIGRATIONS_DIR": str(PROJECT / "migrations"),
         "METRICS_PORT": "0",  # any free port: several servers run at once
+        # The limit is checked on every domain request, as in production, but never reached: the
+        # load comes from one address.
+        "RATE_LIMIT_DEFAULT": "1000000/second",
     }
     command = ["taskset", "-c", SERVER_CPU, str(PROJECT / ".venv" / "bin" / "uvicorn"), app, "--factory"]
     command += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
@@ -268,14 +274,14 @@ def main() -> int:
 
     wrk_path = ensure_wrk()
     bake()
-    database, database_url = start_database()
+    database, database_url, runtime_url = start_database()
     pin_database()
     servers: list[subprocess.Popen[str]] = []
     try:
         order_id = prepare_database(database_url)
         bare_port, service_port = free_port(), free_port()
         servers.append(start_server("apps.bare:create_app", bare_port, database_url))
-        servers.append(start_server("apps.service:create_app", service_port, database_url))
+        servers.append(start_server("apps.service:create_app", service_port, runtime_url))
         bare, svc = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{service_port}"
         wait_http(f"{bare}/ping")
         wait_http(f"{svc}/ready")
@@ -315,7 +321,7 @@ def main() -> int:
                         wrk(wrk_path, url, args.duration, args.connections, script, **env)
                     )
 
-        starts = [cold_start(database_url) for _ in range(args.cold_starts)]
+        starts = [cold_start(runtime_url) for _ in range(args.cold_starts)]
         bare_starts = [cold_start_bare(database_url) for _ in range(args.cold_starts)]
         imports = [import_time() for _ in range(max(3, args.cold_starts))]
     finally:

@@ -9,7 +9,7 @@ by every replica, in PostgreSQL), `RATE_LIMIT_ENABLED` and `RATE_LIMIT_PURGE_INT
   Probes, `/metrics` and the API documents are never limited.
 - Whose count: the principal's (`p:<tenant>|<subject>`) when authentication put one on the request
   (`current_principal_or_none`), else the client address's (`a:<host>`); one count per route
-  template and method (`POST /v1/orders`), so a hot route never starves the others.
+  template and method (`POST /v1/items`), so a hot route never starves the others.
 - The answer: every response of a limited route carries `RateLimit-Policy: "default";q=100;w=1`
   and `RateLimit: "default";r=<remaining>;t=<seconds to reset>` (draft-ietf-httpapi-ratelimit-
   headers); over the limit, 429 problem+json `rate-limited` with `Retry-After`, counted in

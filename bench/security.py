@@ -1,10 +1,13 @@
-"""What authentication costs per request, keys cached: `<bake>/.venv/bin/python bench/auth.py <bake>`.
+"""What authentication (keys cached) and the rate limit (in memory, shared in PostgreSQL) cost per
+request, in one run: `<bake>/.venv/bin/python bench/security.py <bake>`.
 
 Runs in the baked service's interpreter, on its embedded PostgreSQL and a real JWKS server on
-127.0.0.1 (its `tests/jwks.py`). In one process, two apps serve `GET /v1/orders/{id}` through the
-ASGI transport: one as the development principal, one verifying an RS256 or ES256 bearer token.
-Interleaved rounds of sequential requests; prints the median time per request, the difference,
-the median time spent in the authenticator itself, then `jwt.decode` alone (timeit). Not a test.
+127.0.0.1 (its `tests/jwks.py`). In one process, apps serve `GET /v1/orders/{id}` through the ASGI
+transport: the baseline (development principal, no rate limit); verifying an RS256 or ES256 bearer
+token; the development principal under a rate limit counted in memory, then in PostgreSQL (a limit
+never reached). Interleaved rounds of sequential requests; prints the median time per request, the
+difference, the median time spent in the authenticator itself, then `jwt.decode` alone (timeit).
+Not a test.
 """
 
 from __future__ import annotations
@@ -62,15 +65,24 @@ async def measure(package: str, conftest: Any, jwks: Any, idp: Any, url: Any) ->
     route.Authenticator.principal = timed
 
     auth = {"auth_jwks_url": idp.url, "auth_issuer": jwks.ISSUER, "auth_audience": jwks.AUDIENCE}
-    development = create_app(conftest.make_settings(url, log_level="WARNING"))
-    verifying = create_app(conftest.make_settings(url, log_level="WARNING", **auth))
+    quiet = {"log_level": "WARNING", "rate_limit_enabled": False}
+    unreached = {"log_level": "WARNING", "rate_limit_default": "1000000/second"}
+    development = create_app(conftest.make_settings(url, **quiet))
+    verifying = create_app(conftest.make_settings(url, **quiet, **auth))
+    in_memory = create_app(conftest.make_settings(url, **unreached, rate_limit_storage="memory"))
+    shared = create_app(conftest.make_settings(url, **unreached, rate_limit_storage="database"))
     with open(os.devnull, "wb") as sink:
         logs.configure("WARNING", stream=sink)
         tokens = {
             alg: idp.token(key=key, scope="orders:read orders:write", exp=int(time.time()) + 3600)
             for alg, key in (("RS256", idp.rsa), ("ES256", idp.ec))
         }
-        async with conftest.serving(development) as dev, conftest.serving(verifying) as verified:
+        async with (
+            conftest.serving(development) as dev,
+            conftest.serving(verifying) as verified,
+            conftest.serving(in_memory) as memory_limited,
+            conftest.serving(shared) as database_limited,
+        ):
             created = await dev.post(
                 "/v1/orders", json={"sku": "BENCH-1", "quantity": 1}, headers={"Idempotency-Key": "bench"}
             )
@@ -78,6 +90,8 @@ async def measure(package: str, conftest: Any, jwks: Any, idp: Any, url: Any) ->
             clients = {
                 "development principal": (dev, {}),
                 **{f"{alg} token": (verified, {"Authorization": f"Bearer {t}"}) for alg, t in tokens.items()},
+                "rate limit, memory": (memory_limited, {}),
+                "rate limit, database": (database_limited, {}),
             }
             per_request: dict[str, list[float]] = {name: [] for name in clients}
             inside: dict[str, list[float]] = {name: [] for name in clients}
