@@ -29,6 +29,7 @@ def app(database_url: URL, inventory: ScriptedUpstream) -> FastAPI:
             database_url,
             inventory_url=inventory.url,
             http_read_timeout_s=0.2,
+            http_attempt_timeout_s=0.2,
             http_retry_max_wait_s=0.05,
             breaker_fail_max=2,
             breaker_reset_timeout_s=30,

@@ -43,6 +43,7 @@ from tests.upstream import closed_port
 FAST = {
     "http_connect_timeout_s": 0.5,
     "http_read_timeout_s": 0.2,
+    "http_attempt_timeout_s": 0.3,
     "http_retry_attempts": 3,
     "http_retry_backoff_s": 0.1,
     "http_retry_max_wait_s": 0.3,
@@ -79,16 +80,16 @@ def sleeps() -> Sleeps:
 
 
 class Clock:
-    """The breaker's clock, moved by the test instead of by waiting."""
+    """The breaker's clock (monotonic seconds), moved by the test instead of by waiting."""
 
     def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+        self.now = 1000.0
 
-    def __call__(self) -> datetime:
+    def __call__(self) -> float:
         return self.now
 
     def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+        self.now += seconds
 
 
 @pytest.fixture
@@ -141,7 +142,9 @@ async def test_a_transient_503_is_retried_once_and_succeeds(
 
 async def test_a_hanging_upstream_gives_504_within_the_deadline(make_upstream: MakeUpstream) -> None:
     async with ScriptedUpstream(default=Reply(hang=True)) as server:
-        upstream = make_upstream(server.url, http_read_timeout_s=5.0)
+        upstream = make_upstream(
+            server.url, http_read_timeout_s=5.0, http_attempt_timeout_s=5.0, request_timeout_s=5.0
+        )
         started = time.monotonic()
         with deadline.scope(0.5), pytest.raises(UpstreamTimeout):
             await upstream.request("GET", "/stock/a")
@@ -291,7 +294,9 @@ async def test_retry_after_is_honoured_in_both_forms_and_a_longer_one_is_passed_
         OK,
         Reply(503, headers={"retry-after": "120"}),
     ) as server:
-        upstream = make_upstream(server.url, http_retry_max_wait_s=2.5, http_retry_attempts=3)
+        upstream = make_upstream(
+            server.url, http_retry_max_wait_s=2.5, http_retry_attempts=3, request_timeout_s=6.0
+        )
         await upstream.request("GET", "/stock/a")
         assert sleeps.waits[0] == 0
         assert 0 < sleeps.waits[1] <= 2.0
@@ -307,7 +312,9 @@ async def test_a_timeout_our_deadline_caused_does_not_count_against_the_upstream
     make_upstream: MakeUpstream,
 ) -> None:
     async with ScriptedUpstream(default=Reply(200, {"ok": True}, delay_s=0.3)) as server:
-        upstream = make_upstream(server.url, breaker_fail_max=1, http_read_timeout_s=1.0)
+        upstream = make_upstream(
+            server.url, breaker_fail_max=1, http_read_timeout_s=1.0, http_attempt_timeout_s=1.0
+        )
         for _ in range(3):
             with deadline.scope(0.05), pytest.raises(UpstreamTimeout):
                 await upstream.request("GET", "/stock/a")
@@ -348,7 +355,7 @@ def test_parse_retry_after() -> None:
 
 async def test_no_retry_would_end_past_the_deadline(make_upstream: MakeUpstream, sleeps: Sleeps) -> None:
     async with ScriptedUpstream().then(Reply(503, headers={"retry-after": "1"}), OK) as server:
-        upstream = make_upstream(server.url, http_retry_max_wait_s=5.0)
+        upstream = make_upstream(server.url, http_retry_max_wait_s=5.0, request_timeout_s=11.0)
         with deadline.scope(0.5), pytest.raises(UpstreamUnavailable):
             await upstream.request("GET", "/stock/a")
     assert len(server.received) == 1
@@ -358,7 +365,7 @@ async def test_no_retry_would_end_past_the_deadline(make_upstream: MakeUpstream,
 async def test_the_retry_budget_stops_a_retry_storm(make_upstream: MakeUpstream) -> None:
     requests = 100
     async with ScriptedUpstream(default=UNAVAILABLE) as server:
-        upstream = make_upstream(server.url, breaker_fail_max=1000)
+        upstream = make_upstream(server.url, breaker_fail_max=1000, breaker_min_throughput=100_000)
         for _ in range(requests):
             with pytest.raises(UpstreamUnavailable):
                 await upstream.request("GET", "/stock/a")
