@@ -31,6 +31,7 @@ from {{ cookiecutter.package_name }}.platform import http
 from {{ cookiecutter.package_name }}.platform.metrics import Metrics
 from {{ cookiecutter.package_name }}.platform.resilience import CircuitOpen
 from {{ cookiecutter.package_name }}.platform.resilience import Upstream
+from {{ cookiecutter.package_name }}.platform.resilience import UpstreamResponseTooLarge
 from {{ cookiecutter.package_name }}.platform.resilience import UpstreamTimeout
 from {{ cookiecutter.package_name }}.platform.resilience import UpstreamUnavailable
 from {{ cookiecutter.package_name }}.platform.resilience import parse_retry_after
@@ -423,3 +424,39 @@ def test_no_bare_http_client_is_built_outside_the_factory() -> None:
                 if name in {"AsyncClient", "Client"}:
                     offenders.append(f"{path.relative_to(root)}:{node.lineno}")
     assert offenders == []
+
+
+async def test_a_hung_first_attempt_is_abandoned_and_the_retry_succeeds_within_the_deadline(
+    make_upstream: MakeUpstream,
+) -> None:
+    async with ScriptedUpstream().then(Reply(hang=True), OK) as server:
+        # The read timeout alone would wait 5 s; the attempt timeout gives up after 0.3 s.
+        upstream = make_upstream(server.url, http_read_timeout_s=5.0, request_timeout_s=5.0)
+        started = time.monotonic()
+        with deadline.scope(2.0):
+            response = await upstream.request("GET", "/stock/a")
+        elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    assert len(server.received) == 2
+    assert elapsed < 2.0
+
+
+@pytest.mark.parametrize("undeclared", [False, True], ids=["content-length", "read-until-close"])
+async def test_an_answer_over_the_size_limit_is_refused_and_not_retried(
+    make_upstream: MakeUpstream, undeclared: bool
+) -> None:
+    big = Reply(200, {"items": ["x" * 100] * 100}, undeclared=undeclared)  # ~10 kB
+    async with ScriptedUpstream(default=big) as server:
+        upstream = make_upstream(server.url, http_max_response_bytes=4096, breaker_fail_max=1)
+        with pytest.raises(UpstreamResponseTooLarge) as raised:
+            await upstream.request("GET", "/stock/a")
+        assert raised.value.status == 502
+        assert len(server.received) == 1
+        server.default = Reply(200, {"items": ["x" * 100] * 10}, undeclared=undeclared)  # ~1 kB
+        assert len((await upstream.request("GET", "/stock/a")).json()["items"]) == 10
+    registry = upstream.metrics.registry
+    assert (
+        registry.get_sample_value("upstream_calls_total", {"upstream": "inventory", "outcome": "too_large"})
+        == 1
+    )
+    assert upstream.breaker.state == "closed"  # an answer too large says nothing of the upstream's health
