@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     breaker_half_open_probes: int = Field(default=1, ge=1, le=100)
 
     # Inbound load shedding (platform/shedding.py): requests handled at once by one process; the
-    # excess is answered 503 at once, never queued. Measured on this machine (bench/run.py --shed).
+    # excess is answered 503 at once, never queued. Measured (bench/shedding.py in the template repo).
     max_concurrent_requests: int = Field(default=64, ge=1, le=100_000)
 
     # How long a claimed Idempotency-Key stays held by a request that never finished (its process

@@ -112,7 +112,8 @@ async def test_it_recovers_through_half_open_with_a_bounded_number_of_probes(
 ) -> None:
     clock = Clock()
     async with ScriptedUpstream(default=FAIL) as server:
-        target = upstream(server.url, client, clock, breaker_half_open_probes=2)
+        # A minimum throughput the calls before the break reach: a window kept across it would reopen.
+        target = upstream(server.url, client, clock, breaker_half_open_probes=2, breaker_min_throughput=4)
         for _ in range(default("breaker_fail_max")):
             await call(target)
         assert target.breaker.state == "open"

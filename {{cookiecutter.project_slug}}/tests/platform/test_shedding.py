@@ -36,7 +36,8 @@ async def test_the_excess_is_503_with_retry_after_at_once_while_probes_stay_200(
         admitted = [asyncio.create_task(client.get("/slow")) for _ in range(LIMIT)]
         await asyncio.sleep(0.1)  # both are in flight, holding their slots
 
-        shed = await asyncio.gather(*[client.get("/slow") for _ in range(3)])
+        # Bounded: were the excess queued instead of shed, it would wait for the release.
+        shed = await asyncio.wait_for(asyncio.gather(*[client.get("/slow") for _ in range(3)]), timeout=5)
         health, ready = await client.get("/health"), await client.get("/ready")
         assert all(not task.done() for task in admitted)  # answered while the slots were still held
 

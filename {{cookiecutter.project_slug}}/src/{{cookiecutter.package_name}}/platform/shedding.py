@@ -9,8 +9,9 @@ latency where it is at capacity and tells the excess to go elsewhere now (anothe
 a load balancer that retries 503). The probes (`/health`, `/ready`) are never shed: an overloaded
 process is alive and its readiness is its own business; `/metrics` is served on another port.
 
-The default was measured on this machine (`bench/run.py --shed`): the concurrency at which
-throughput stops growing and latency starts climbing, for a route that waits on a slow upstream.
+The default was measured on the reference machine (`bench/shedding.py` in the template's
+repository): the concurrency at which throughput stops growing and latency starts climbing, for a
+route that writes to the database and waits on a slow upstream.
 """
 
 from __future__ import annotations
