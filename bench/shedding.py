@@ -8,8 +8,9 @@ orders_service serve`, one worker) pinned to the server CPU, then:
 1. capacity: a closed-loop sweep of concurrency over `POST /v1/orders` (a database write, an
    idempotency record and the call to the slow inventory upstream), with shedding off: where
    throughput stops growing and p99 starts climbing is the MAX_CONCURRENT_REQUESTS to pick;
-2. overload: 5x that capacity in concurrent clients, with shedding at the capacity and without it
-   (MAX_CONCURRENT_REQUESTS=100000): the admitted requests' p99, and the shed answers' latency;
+2. overload: 5x the capacity's throughput offered in an open loop (arrivals at a fixed rate,
+   latency counted from when each request was due), with MAX_CONCURRENT_REQUESTS at the capacity
+   and without shedding (100000): the admitted requests' p99, and the shed answers' latency;
 3. the breaker's admission cost: `admit()` + `succeeded()` per call, timed in a loop.
 
 The load generator is a few lines of asyncio on raw sockets (keep-alive HTTP/1.1), so it records
@@ -92,12 +93,56 @@ async def _client(host: str, port: int, until: float, results: list[tuple[int, f
 
 
 def load(port: int, connections: int, seconds: float) -> list[tuple[int, float]]:
-    """`connections` clients, each sending its next request when the last is answered."""
+    """Closed loop: `connections` clients, each sending its next request when the last is answered."""
     results: list[tuple[int, float]] = []
 
     async def main() -> None:
         until = time.perf_counter() + seconds
         await asyncio.gather(*(_client("127.0.0.1", port, until, results) for _ in range(connections)))
+
+    asyncio.run(main())
+    return results
+
+
+async def _one(
+    port: int, idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]], due: float
+) -> tuple[int, float]:
+    reader, writer = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
+    body = b'{"sku": "BENCH", "quantity": 1}'
+    writer.write(
+        (
+            f"POST /v1/orders HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+            f"idempotency-key: {uuid.uuid4().hex}\r\ncontent-length: {len(body)}\r\n\r\n"
+        ).encode()
+        + body
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    length = next(int(line.split(":")[1]) for line in lines if line.lower().startswith("content-length"))
+    await reader.readexactly(length)
+    if any(line.lower() == "connection: close" for line in lines):
+        writer.close()
+    else:
+        idle.append((reader, writer))
+    # From when the request was due, not when it was sent: no coordinated omission.
+    return int(lines[0].split()[1]), time.perf_counter() - due
+
+
+def offer(port: int, rate: float, seconds: float) -> list[tuple[int, float]]:
+    """Open loop: requests arrive at `rate` a second whatever the answers, as real traffic does
+    (a closed loop would slow its own arrivals down as the server slows)."""
+    results: list[tuple[int, float]] = []
+
+    async def main() -> None:
+        idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        tasks = []
+        start = time.perf_counter()
+        for n in range(int(rate * seconds)):
+            due = start + n / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            tasks.append(asyncio.create_task(_one(port, idle, due)))
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            results.append(outcome if isinstance(outcome, tuple) else (0, 0.0))
 
     asyncio.run(main())
     return results
@@ -150,14 +195,16 @@ def measure(args: argparse.Namespace, database_url: str, inventory_url: str) -> 
         server.wait(timeout=30)
 
     capacity = args.capacity or _knee(sweep)
+    rate = 5 * max(row["rps"] for row in sweep.values())
     report["capacity"] = capacity
+    report["offered_rps"] = rate
     overload = {}
     for label, limit in (("shedding", capacity), ("no_shedding", 100_000)):
         port = run.free_port()
         server = serve(port, database_url, inventory_url, limit=limit)
         try:
             load(port, capacity, 1.0)
-            results = load(port, 5 * capacity, args.duration)
+            results = offer(port, rate, args.duration)
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -166,7 +213,9 @@ def measure(args: argparse.Namespace, database_url: str, inventory_url: str) -> 
             "shed": summary(results, args.duration, 503),
             "other": sum(1 for code, _ in results if code not in (201, 503)),
         }
-        print(f"overload {label} (limit {limit}, {5 * capacity} clients): {overload[label]}", flush=True)
+        print(
+            f"overload {label} (limit {limit}, {rate:.0f} requests/s offered): {overload[label]}", flush=True
+        )
     report["overload"] = overload
 
     timed = subprocess.run(

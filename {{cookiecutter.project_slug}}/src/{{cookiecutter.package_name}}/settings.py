@@ -119,7 +119,7 @@ class Settings(BaseSettings):
 
     # Inbound load shedding (platform/shedding.py): requests handled at once by one process; the
     # excess is answered 503 at once, never queued. Measured (bench/shedding.py in the template repo).
-    max_concurrent_requests: int = Field(default=64, ge=1, le=100_000)
+    max_concurrent_requests: int = Field(default=16, ge=1, le=100_000)
 
     # How long a claimed Idempotency-Key stays held by a request that never finished (its process
     # died): longer than any request may run. How long an answer is replayed; how often expired

@@ -101,7 +101,11 @@ class RequestContextMiddleware:
             caller = trace.get_current_span(parent).get_span_context()
             parent = otel_context.Context()
             links = [trace.Link(caller)] if caller.is_valid else None
-        if path in UNTRACED_PATHS:
+        # Admission first: a shed request must cost as little as possible (no span is recorded for
+        # it; it is still logged and counted). The probes are never shed.
+        admitted = path not in EXEMPT_PATHS and self.admission.enter()
+        shed = path not in EXEMPT_PATHS and not admitted
+        if path in UNTRACED_PATHS or shed:
             span = _untraced_span(parent)
         else:
             span = self.tracer.start_span(
@@ -151,16 +155,11 @@ class RequestContextMiddleware:
             declared = headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
                 await self._too_large(request_id, send_with_context)
-            elif path in EXEMPT_PATHS:
-                await self._handle(scope, receive, send_with_context)
-            elif self.admission.enter():
-                try:
-                    await self._handle(scope, receive, send_with_context)
-                finally:
-                    self.admission.leave()
-            else:
+            elif shed:
                 self.metrics.shed.inc()
                 await errors.overloaded(request_id)({"type": "http"}, _no_body, send_with_context)
+            else:
+                await self._handle(scope, receive, send_with_context)
         except errors.PayloadTooLarge:
             # Only reached when a route reads the body itself; FastAPI's parsing answers it first.
             if not response_started:
@@ -171,6 +170,8 @@ class RequestContextMiddleware:
                 await errors.internal_error(request_id)(scope, receive, send_with_context)
             status = 500
         finally:
+            if admitted:
+                self.admission.leave()
             route = _route_template(scope)
             duration = (finished or time.perf_counter()) - started
             if span.is_recording():
