@@ -107,6 +107,9 @@ def make_settings(url: URL | str, **overrides: Any) -> Settings:
     raw = url.render_as_string(hide_password=False) if isinstance(url, URL) else url
     # Metrics on any free port: many apps run at once in a test session.
     overrides.setdefault("metrics_port", 0)
+    # Tests fire bursts of concurrent requests (duplicate storms) that MAX_CONCURRENT_REQUESTS would
+    # shed; shedding is tested with its own small limit (tests/platform/test_shedding.py).
+    overrides.setdefault("max_concurrent_requests", 1000)
     return Settings(database_url=raw, migrations_dir=MIGRATIONS, **overrides)  # type: ignore[arg-type]
 
 

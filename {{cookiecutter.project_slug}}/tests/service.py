@@ -32,6 +32,8 @@ def running(database_url: str, **env: str) -> Iterator[Service]:
         "METRICS_PORT": str(metrics_port),
         "MIGRATIONS_DIR": str(MIGRATIONS),
         "LOG_LEVEL": "WARNING",
+        # Bursts (50 concurrent retries, rolling restarts) are served, not shed: see test_shedding.py.
+        "MAX_CONCURRENT_REQUESTS": "1000",
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve"],

@@ -117,3 +117,51 @@ def test_bad_configuration_stops_startup_with_one_line_naming_the_variable(varia
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"configuration error: {variable}: ")
     assert "Traceback" not in result.stderr
+
+
+# Each combination the resilience options refuse (#14), as .NET's options validator does: the line
+# names the settings in conflict.
+CONFLICTS = [
+    (
+        {"HTTP_ATTEMPT_TIMEOUT_S": "6", "REQUEST_TIMEOUT_S": "5"},
+        "HTTP_ATTEMPT_TIMEOUT_S (6) must not be longer than REQUEST_TIMEOUT_S (5)",
+    ),
+    (
+        {"BREAKER_SAMPLING_S": "5", "HTTP_ATTEMPT_TIMEOUT_S": "3"},
+        "BREAKER_SAMPLING_S (5) must be at least twice HTTP_ATTEMPT_TIMEOUT_S (3)",
+    ),
+    (
+        {"HTTP_RETRY_ATTEMPTS": "6", "HTTP_RETRY_MAX_WAIT_S": "2"},
+        "HTTP_RETRY_ATTEMPTS - 1 (5) waits of HTTP_RETRY_MAX_WAIT_S (2) must be shorter than REQUEST_TIMEOUT_S (10)",
+    ),
+    ({"DB_POOL_TIMEOUT_S": "10"}, "DB_POOL_TIMEOUT_S must be shorter than REQUEST_TIMEOUT_S"),
+]
+
+
+def _start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {key: val for key, val in os.environ.items() if key not in {"PORT", "LOG_LEVEL", "DATABASE_URL"}}
+    return subprocess.run(
+        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve"],
+        cwd=PROJECT,
+        env=base | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(("env", "line"), CONFLICTS, ids=[next(iter(env)) for env, _ in CONFLICTS])
+def test_each_conflict_between_options_refuses_startup_with_its_line(env: dict[str, str], line: str) -> None:
+    result = _start(env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"configuration error: {line}"]
+
+
+def test_several_conflicts_are_one_line_each() -> None:
+    env = {"HTTP_ATTEMPT_TIMEOUT_S": "6", "REQUEST_TIMEOUT_S": "5", "BREAKER_SAMPLING_S": "11"}
+    result = _start(env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "configuration error: HTTP_ATTEMPT_TIMEOUT_S (6) must not be longer than REQUEST_TIMEOUT_S (5)",
+        "configuration error: BREAKER_SAMPLING_S (11) must be at least twice HTTP_ATTEMPT_TIMEOUT_S (6)",
+    ]

@@ -22,6 +22,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     hang: bool = False  # never answer
+    undeclared: bool = False  # no Content-Length: the body ends when the connection closes
 
 
 @dataclass
@@ -82,7 +83,9 @@ class ScriptedUpstream:
                 await asyncio.sleep(3600)
             await asyncio.sleep(reply.delay_s)
             answer = json.dumps(reply.body).encode() if reply.body is not None else b""
-            head = [f"HTTP/1.1 {reply.status} X", f"content-length: {len(answer)}", "connection: close"]
+            head = [f"HTTP/1.1 {reply.status} X", "connection: close"]
+            if not reply.undeclared:
+                head.append(f"content-length: {len(answer)}")
             head += [f"{name}: {value}" for name, value in reply.headers.items()]
             if reply.body is not None:
                 head.append("content-type: application/json")

@@ -164,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         request_timeout_s=settings.request_timeout_s,
         trust_incoming_trace=settings.trace_trust_incoming,
+        max_concurrent_requests=settings.max_concurrent_requests,
     )
     return app
 

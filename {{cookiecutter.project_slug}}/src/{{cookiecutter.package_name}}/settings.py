@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     # hide_input_in_errors: a rejected DATABASE_URL must not reach a log inside an error message.
     model_config = SettingsConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
 
-    service_name: str = "{{ cookiecutter.project_slug }}"
+    service_name: str = "orders-service"
     environment: str = "development"
 
     host: str = "127.0.0.1"
@@ -101,18 +101,40 @@ class Settings(BaseSettings):
     # The deadline of each inbound request: outbound calls and their retries never run past it.
     request_timeout_s: PositiveSeconds = 10.0
 
-    # Outbound HTTP (platform/http.py, platform/resilience.py). With the defaults a hanging upstream
-    # is answered 504 in about 9 s: three attempts of a 3 s read, inside the 10 s deadline.
+    # Outbound HTTP (platform/http.py, platform/resilience/), after .NET's standard resilience
+    # pipeline scaled to a 10 s total. Each attempt is bounded whole by HTTP_ATTEMPT_TIMEOUT_S (and
+    # what is left of the deadline); inside it the connect and read timeouts bound each socket
+    # operation. With the defaults a hanging upstream is answered 504 in about 9 s: three attempts
+    # of 3 s, inside the 10 s deadline. Answers are read up to HTTP_MAX_RESPONSE_BYTES: with
+    # HTTP_MAX_CONNECTIONS calls in flight, at most 100 MiB of answers in memory.
     http_connect_timeout_s: PositiveSeconds = 1.0
     http_read_timeout_s: PositiveSeconds = 3.0
+    http_attempt_timeout_s: PositiveSeconds = 3.0
+    http_max_response_bytes: int = Field(default=1024 * 1024, ge=1)
     http_max_connections: int = Field(default=100, ge=1, le=10_000)
     http_retry_attempts: int = Field(default=3, ge=1, le=10)
     http_retry_backoff_s: PositiveSeconds = 0.1
     http_retry_max_wait_s: PositiveSeconds = 2.0
     http_retry_budget_ratio: float = Field(default=0.2, ge=0, le=1)
+    # A breaker opens when, over the last BREAKER_SAMPLING_S, at least BREAKER_MIN_THROUGHPUT calls
+    # were seen and BREAKER_FAILURE_RATIO of them failed (.NET's 0.1 over 30 s; its minimum of 100
+    # calls is scaled down to 20, under one call a second, or a small service's breaker would never
+    # open), or BREAKER_SLOW_CALL_RATIO of them took over BREAKER_SLOW_CALL_S (unset: off), or on
+    # BREAKER_FAIL_MAX consecutive failures (an upstream that is down, seen by a quiet service).
+    # It stays open BREAKER_RESET_TIMEOUT_S (.NET's 5 s break), then admits
+    # BREAKER_HALF_OPEN_PROBES probes at once.
+    breaker_failure_ratio: float = Field(default=0.1, gt=0, le=1)
+    breaker_min_throughput: int = Field(default=20, ge=1, le=100_000)
+    breaker_sampling_s: PositiveSeconds = 30.0
+    breaker_slow_call_ratio: float | None = Field(default=None, gt=0, le=1)
+    breaker_slow_call_s: PositiveSeconds = 2.0
     breaker_fail_max: int = Field(default=5, ge=1, le=1000)
-    breaker_reset_timeout_s: PositiveSeconds = 30.0
+    breaker_reset_timeout_s: PositiveSeconds = 5.0
     breaker_half_open_probes: int = Field(default=1, ge=1, le=100)
+
+    # Inbound load shedding (platform/shedding.py): requests handled at once by one process; the
+    # excess is answered 503 at once, never queued. Measured (bench/shedding.py in the template repo).
+    max_concurrent_requests: int = Field(default=16, ge=1, le=100_000)
 
     # How long a claimed Idempotency-Key stays held by a request that never finished (its process
     # died): longer than any request may run. How long an answer is replayed; how often expired
@@ -154,7 +176,7 @@ class Settings(BaseSettings):
 
     # The OpenTelemetry SDK reads the rest of the standard OTEL_* variables itself
     # (OTEL_TRACES_SAMPLER, OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_HEADERS, ...).
-    otel_service_name: str = "{{ cookiecutter.project_slug }}"
+    otel_service_name: str = "orders-service"
     otel_exporter_otlp_endpoint: str | None = None
     otel_sdk_disabled: bool = False
     # An incoming `traceparent` is continued (false: an edge service starts its own trace and links
@@ -238,13 +260,36 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _waits_fit_the_deadline(self) -> Settings:
+        """Every conflict found, one line each naming its settings (as .NET's options validator)."""
+        conflicts = []
         if self.db_pool_timeout_s >= self.request_timeout_s:
-            raise ValueError("DB_POOL_TIMEOUT_S must be shorter than REQUEST_TIMEOUT_S")
+            conflicts.append("DB_POOL_TIMEOUT_S must be shorter than REQUEST_TIMEOUT_S")
         if self.db_idle_in_transaction_timeout_s <= self.request_timeout_s:
-            raise ValueError("DB_IDLE_IN_TRANSACTION_TIMEOUT_S must be longer than REQUEST_TIMEOUT_S")
+            conflicts.append("DB_IDLE_IN_TRANSACTION_TIMEOUT_S must be longer than REQUEST_TIMEOUT_S")
         if self.idempotency_lease_s <= self.request_timeout_s:
             # A live request's key must not be taken over by its own client's retry.
-            raise ValueError("IDEMPOTENCY_LEASE_S must be longer than REQUEST_TIMEOUT_S")
+            conflicts.append("IDEMPOTENCY_LEASE_S must be longer than REQUEST_TIMEOUT_S")
+        if self.http_attempt_timeout_s > self.request_timeout_s:
+            conflicts.append(
+                f"HTTP_ATTEMPT_TIMEOUT_S ({self.http_attempt_timeout_s:g}) must not be longer than "
+                f"REQUEST_TIMEOUT_S ({self.request_timeout_s:g})"
+            )
+        if self.breaker_sampling_s < 2 * self.http_attempt_timeout_s:
+            # A window shorter than two attempts sees too few outcomes of slow calls to judge.
+            conflicts.append(
+                f"BREAKER_SAMPLING_S ({self.breaker_sampling_s:g}) must be at least twice "
+                f"HTTP_ATTEMPT_TIMEOUT_S ({self.http_attempt_timeout_s:g})"
+            )
+        # Worst case: every wait at the cap (a Retry-After is honoured up to it), whatever the jitter.
+        backoff = (self.http_retry_attempts - 1) * self.http_retry_max_wait_s
+        if backoff >= self.request_timeout_s:
+            conflicts.append(
+                f"HTTP_RETRY_ATTEMPTS - 1 ({self.http_retry_attempts - 1}) waits of HTTP_RETRY_MAX_WAIT_S "
+                f"({self.http_retry_max_wait_s:g}) must be shorter than REQUEST_TIMEOUT_S "
+                f"({self.request_timeout_s:g})"
+            )
+        if conflicts:
+            raise ValueError("\n".join(conflicts))
         return self
 
     @model_validator(mode="after")
@@ -319,6 +364,9 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         for error in exc.errors():
-            variable = "_".join(str(part) for part in error["loc"][:1]).upper() or "SETTINGS"
-            print(f"configuration error: {variable}: {error['msg']}", file=sys.stderr)
+            variable = "_".join(str(part) for part in error["loc"][:1]).upper()
+            message = error["msg"].removeprefix("Value error, ")
+            # A conflict between settings names them itself; a validator may report several.
+            for line in message.splitlines():
+                print(f"configuration error: {variable + ': ' if variable else ''}{line}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -31,6 +31,7 @@ from {{ cookiecutter.package_name }}.platform import http
 from {{ cookiecutter.package_name }}.platform.metrics import Metrics
 from {{ cookiecutter.package_name }}.platform.resilience import CircuitOpen
 from {{ cookiecutter.package_name }}.platform.resilience import Upstream
+from {{ cookiecutter.package_name }}.platform.resilience import UpstreamResponseTooLarge
 from {{ cookiecutter.package_name }}.platform.resilience import UpstreamTimeout
 from {{ cookiecutter.package_name }}.platform.resilience import UpstreamUnavailable
 from {{ cookiecutter.package_name }}.platform.resilience import parse_retry_after
@@ -43,6 +44,7 @@ from tests.upstream import closed_port
 FAST = {
     "http_connect_timeout_s": 0.5,
     "http_read_timeout_s": 0.2,
+    "http_attempt_timeout_s": 0.3,
     "http_retry_attempts": 3,
     "http_retry_backoff_s": 0.1,
     "http_retry_max_wait_s": 0.3,
@@ -79,16 +81,16 @@ def sleeps() -> Sleeps:
 
 
 class Clock:
-    """The breaker's clock, moved by the test instead of by waiting."""
+    """The breaker's clock (monotonic seconds), moved by the test instead of by waiting."""
 
     def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+        self.now = 1000.0
 
-    def __call__(self) -> datetime:
+    def __call__(self) -> float:
         return self.now
 
     def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+        self.now += seconds
 
 
 @pytest.fixture
@@ -141,7 +143,9 @@ async def test_a_transient_503_is_retried_once_and_succeeds(
 
 async def test_a_hanging_upstream_gives_504_within_the_deadline(make_upstream: MakeUpstream) -> None:
     async with ScriptedUpstream(default=Reply(hang=True)) as server:
-        upstream = make_upstream(server.url, http_read_timeout_s=5.0)
+        upstream = make_upstream(
+            server.url, http_read_timeout_s=5.0, http_attempt_timeout_s=5.0, request_timeout_s=5.0
+        )
         started = time.monotonic()
         with deadline.scope(0.5), pytest.raises(UpstreamTimeout):
             await upstream.request("GET", "/stock/a")
@@ -291,7 +295,9 @@ async def test_retry_after_is_honoured_in_both_forms_and_a_longer_one_is_passed_
         OK,
         Reply(503, headers={"retry-after": "120"}),
     ) as server:
-        upstream = make_upstream(server.url, http_retry_max_wait_s=2.5, http_retry_attempts=3)
+        upstream = make_upstream(
+            server.url, http_retry_max_wait_s=2.5, http_retry_attempts=3, request_timeout_s=6.0
+        )
         await upstream.request("GET", "/stock/a")
         assert sleeps.waits[0] == 0
         assert 0 < sleeps.waits[1] <= 2.0
@@ -307,7 +313,9 @@ async def test_a_timeout_our_deadline_caused_does_not_count_against_the_upstream
     make_upstream: MakeUpstream,
 ) -> None:
     async with ScriptedUpstream(default=Reply(200, {"ok": True}, delay_s=0.3)) as server:
-        upstream = make_upstream(server.url, breaker_fail_max=1, http_read_timeout_s=1.0)
+        upstream = make_upstream(
+            server.url, breaker_fail_max=1, http_read_timeout_s=1.0, http_attempt_timeout_s=1.0
+        )
         for _ in range(3):
             with deadline.scope(0.05), pytest.raises(UpstreamTimeout):
                 await upstream.request("GET", "/stock/a")
@@ -348,7 +356,7 @@ def test_parse_retry_after() -> None:
 
 async def test_no_retry_would_end_past_the_deadline(make_upstream: MakeUpstream, sleeps: Sleeps) -> None:
     async with ScriptedUpstream().then(Reply(503, headers={"retry-after": "1"}), OK) as server:
-        upstream = make_upstream(server.url, http_retry_max_wait_s=5.0)
+        upstream = make_upstream(server.url, http_retry_max_wait_s=5.0, request_timeout_s=11.0)
         with deadline.scope(0.5), pytest.raises(UpstreamUnavailable):
             await upstream.request("GET", "/stock/a")
     assert len(server.received) == 1
@@ -358,7 +366,7 @@ async def test_no_retry_would_end_past_the_deadline(make_upstream: MakeUpstream,
 async def test_the_retry_budget_stops_a_retry_storm(make_upstream: MakeUpstream) -> None:
     requests = 100
     async with ScriptedUpstream(default=UNAVAILABLE) as server:
-        upstream = make_upstream(server.url, breaker_fail_max=1000)
+        upstream = make_upstream(server.url, breaker_fail_max=1000, breaker_min_throughput=100_000)
         for _ in range(requests):
             with pytest.raises(UpstreamUnavailable):
                 await upstream.request("GET", "/stock/a")
@@ -416,3 +424,39 @@ def test_no_bare_http_client_is_built_outside_the_factory() -> None:
                 if name in {"AsyncClient", "Client"}:
                     offenders.append(f"{path.relative_to(root)}:{node.lineno}")
     assert offenders == []
+
+
+async def test_a_hung_first_attempt_is_abandoned_and_the_retry_succeeds_within_the_deadline(
+    make_upstream: MakeUpstream,
+) -> None:
+    async with ScriptedUpstream().then(Reply(hang=True), OK) as server:
+        # The read timeout alone would wait 5 s; the attempt timeout gives up after 0.3 s.
+        upstream = make_upstream(server.url, http_read_timeout_s=5.0, request_timeout_s=5.0)
+        started = time.monotonic()
+        with deadline.scope(2.0):
+            response = await upstream.request("GET", "/stock/a")
+        elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    assert len(server.received) == 2
+    assert elapsed < 2.0
+
+
+@pytest.mark.parametrize("undeclared", [False, True], ids=["content-length", "read-until-close"])
+async def test_an_answer_over_the_size_limit_is_refused_and_not_retried(
+    make_upstream: MakeUpstream, undeclared: bool
+) -> None:
+    big = Reply(200, {"items": ["x" * 100] * 100}, undeclared=undeclared)  # ~10 kB
+    async with ScriptedUpstream(default=big) as server:
+        upstream = make_upstream(server.url, http_max_response_bytes=4096, breaker_fail_max=1)
+        with pytest.raises(UpstreamResponseTooLarge) as raised:
+            await upstream.request("GET", "/stock/a")
+        assert raised.value.status == 502
+        assert len(server.received) == 1
+        server.default = Reply(200, {"items": ["x" * 100] * 10}, undeclared=undeclared)  # ~1 kB
+        assert len((await upstream.request("GET", "/stock/a")).json()["items"]) == 10
+    registry = upstream.metrics.registry
+    assert (
+        registry.get_sample_value("upstream_calls_total", {"upstream": "inventory", "outcome": "too_large"})
+        == 1
+    )
+    assert upstream.breaker.state == "closed"  # an answer too large says nothing of the upstream's health

@@ -26,6 +26,7 @@ The tree, expected errors first:
       a dropped connection       503 `database-unavailable` with Retry-After
       anything else              a bug (bad SQL, a constraint we did not expect): 500, logged with
                                  its stack trace as `database_error`
+    shed for load                503 `overloaded` with Retry-After: 1 (`shedding`, `overloaded`)
     HTTPException (Starlette)    routing and protocol: 404 unknown route, 405, 413 body too large
     RequestValidationError       400 malformed JSON, 422 fields that fail their schema
     any other exception          a bug: logged once with its stack trace, answered 500 with no
@@ -303,6 +304,17 @@ async def _database_error(request: Request, exc: Exception) -> Response:
     # Any other database error is a bug (a constraint we did not expect, bad SQL): a 500.
     log.error("database_error", exc_info=exc)
     return internal_error(_request_id(request))
+
+
+def overloaded(request_id: str | None) -> Response:
+    """The answer to a request shed for load (`shedding`): come back in a second, or elsewhere."""
+    return problem(
+        503,
+        "The service is handling as many requests as it can; retry shortly.",
+        slug="overloaded",
+        request_id=request_id,
+        headers={"Retry-After": "1"},
+    )
 
 
 def internal_error(request_id: str | None) -> Response:

@@ -1,8 +1,9 @@
 """Prometheus metrics, served at `GET /metrics` on a port of their own (`METRICS_PORT`, default 9090).
 
 Standard: Observability / Metrics. Request count and latency by method, route template and status
-(recorded by `middleware.RequestContextMiddleware`); outbound calls, retries and circuit breaker
-state per upstream (recorded by `resilience`); idempotency outcomes (`idempotency`); rate limit refusals and store errors (`ratelimit`); transient
+(recorded by `middleware.RequestContextMiddleware`), and requests shed for load (`shedding`); outbound
+calls, retries and circuit breaker state per upstream (recorded by `resilience`); idempotency
+outcomes (`idempotency`); rate limit refusals and store errors (`ratelimit`); transient
 database errors answered 503, by SQLSTATE (`errors`); database pool gauges read at scrape time.
 Each app has its own registry, so two apps in one process (tests) never share counters.
 
@@ -56,9 +57,14 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.shed = Counter(
+            "http_server_requests_shed",
+            "Requests answered 503 at once because MAX_CONCURRENT_REQUESTS were in flight.",
+            registry=self.registry,
+        )
         self.upstream_calls = Counter(
             "upstream_calls",
-            "Calls to an upstream, after retries, by outcome: ok, failed, timeout, unreachable, circuit_open, pool_timeout.",
+            "Calls to an upstream, after retries, by outcome: ok, failed, timeout, unreachable, circuit_open, pool_timeout, too_large.",
             ["upstream", "outcome"],
             registry=self.registry,
         )

@@ -3,12 +3,13 @@
 Standards: Observability (correlation ids, tracing, metrics, one access line per request) and
 Error Handling (no stack trace reaches a client). One pure-ASGI middleware does all of it: each
 extra middleware layer costs throughput, and Starlette's base-class HTTP middleware would also
-break contextvar propagation. Tuned by `MAX_BODY_BYTES`; span export by the `OTEL_*` variables (see `tracing`).
+break contextvar propagation. Tuned by `MAX_BODY_BYTES`, `MAX_CONCURRENT_REQUESTS`; span export by the `OTEL_*` variables (see `tracing`).
 
 Per request, in order: take `X-Request-ID` when it is safe (else make one) and bind it to the log
 context; continue the caller's W3C `traceparent` in a SERVER span (or, with
 `TRACE_TRUST_INCOMING=false`, start a new trace linked to it); refuse a body over the limit
-with 413 before reading it; run the app under the request's deadline (`REQUEST_TIMEOUT_S`, see
+with 413 before reading it; past `MAX_CONCURRENT_REQUESTS` in flight, answer 503 `overloaded` at
+once (`shedding`; the probes are exempt); run the app under the request's deadline (`REQUEST_TIMEOUT_S`, see
 `deadline`); answer 500 problem+json for an exception that escaped
 every handler (logged once, with its stack trace); add `X-Content-Type-Options: nosniff` and
 `Cache-Control: no-store` (unless the route set its own) and `traceresponse` (the trace that served
@@ -43,6 +44,8 @@ from {{ cookiecutter.package_name }}.platform import errors
 from {{ cookiecutter.package_name }}.platform import ratelimit
 from {{ cookiecutter.package_name }}.platform import shutdown
 from {{ cookiecutter.package_name }}.platform.metrics import Metrics
+from {{ cookiecutter.package_name }}.platform.shedding import EXEMPT_PATHS
+from {{ cookiecutter.package_name }}.platform.shedding import Admission
 
 REQUEST_ID_HEADER = "x-request-id"
 # A caller's id is kept only when it cannot forge log lines or bloat them.
@@ -67,8 +70,10 @@ class RequestContextMiddleware:
         max_body_bytes: int,
         request_timeout_s: float,
         trust_incoming_trace: bool = True,
+        max_concurrent_requests: int = 1_000_000,
     ) -> None:
         self.app = app
+        self.admission = Admission(max_concurrent_requests)
         self.request_timeout_s = request_timeout_s
         self.tracer = tracer
         self.metrics = metrics
@@ -97,7 +102,11 @@ class RequestContextMiddleware:
             caller = trace.get_current_span(parent).get_span_context()
             parent = otel_context.Context()
             links = [trace.Link(caller)] if caller.is_valid else None
-        if path in UNTRACED_PATHS:
+        # Admission first: a shed request must cost as little as possible (no span is recorded for
+        # it; it is still logged and counted). The probes are never shed.
+        admitted = path not in EXEMPT_PATHS and self.admission.enter()
+        shed = path not in EXEMPT_PATHS and not admitted
+        if path in UNTRACED_PATHS or shed:
             span = _untraced_span(parent)
         else:
             span = self.tracer.start_span(
@@ -149,12 +158,11 @@ class RequestContextMiddleware:
             declared = headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
                 await self._too_large(request_id, send_with_context)
+            elif shed:
+                self.metrics.shed.inc()
+                await errors.overloaded(request_id)({"type": "http"}, _no_body, send_with_context)
             else:
-                deadline_token = deadline.start(self.request_timeout_s)
-                try:
-                    await self.app(scope, self._limited(receive), send_with_context)
-                finally:
-                    deadline.reset(deadline_token)
+                await self._handle(scope, receive, send_with_context)
         except errors.PayloadTooLarge:
             # Only reached when a route reads the body itself; FastAPI's parsing answers it first.
             if not response_started:
@@ -165,6 +173,8 @@ class RequestContextMiddleware:
                 await errors.internal_error(request_id)(scope, receive, send_with_context)
             status = 500
         finally:
+            if admitted:
+                self.admission.leave()
             route = _route_template(scope)
             duration = (finished or time.perf_counter()) - started
             if span.is_recording():
@@ -185,6 +195,13 @@ class RequestContextMiddleware:
             otel_context.detach(token)
             # `actor_id` is bound by `auth.authenticate`, in this same context: this line carries it.
             structlog.contextvars.unbind_contextvars("request_id", "actor_id")
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = deadline.start(self.request_timeout_s)
+        try:
+            await self.app(scope, self._limited(receive), send)
+        finally:
+            deadline.reset(token)
 
     def _limited(self, receive: Receive) -> Receive:
         """Count body bytes as they arrive; a chunked body past the limit stops being read."""
