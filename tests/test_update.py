@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from cookiecutter.main import cookiecutter
 
-from tests.conftest import TEMPLATE, make
+from tests.conftest import SMOKE_TESTS, TEMPLATE, make
 
 PACKAGE = "src/orders_service"
 DEADLINE = f"{PACKAGE}/platform/deadline.py"
@@ -135,7 +135,7 @@ def test_an_update_brings_the_release_and_keeps_the_teams_work(releases: Path, t
     assert record(project)["commit"] == git(releases, "rev-parse", "v1.1.0")
 
     for target in ("install", "lint", "test"):
-        done = make(project, target)
+        done = make(project, target, PYTEST_ARGS=SMOKE_TESTS)
         assert done.returncode == 0, f"make {target} after the update:\n{done.stdout}\n{done.stderr}"
     assert re.search(r"\d+ passed", done.stdout)
 
