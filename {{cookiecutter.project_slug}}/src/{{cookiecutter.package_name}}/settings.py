@@ -129,6 +129,20 @@ class Settings(BaseSettings):
 
     # The example domain's upstream; unset skips the stock check (so `make demo` needs nothing else).
     inventory_url: HttpUrl | None = None
+    # The example domain's order notifications (orders/jobs.py); unset, no notification is enqueued.
+    notify_url: HttpUrl | None = None
+
+    # Background jobs (platform/jobs/). A job runs at most JOB_TIMEOUT_S; a worker that stops
+    # answering for JOB_LEASE_S (it died) loses its jobs to another. A failed job runs again after a
+    # full-jitter backoff (random up to JOB_BACKOFF_S x 2^(attempt-1), at most JOB_BACKOFF_MAX_S),
+    # JOB_MAX_ATTEMPTS runs in all, then it is kept as dead. WORKER_CONCURRENCY jobs run at once.
+    job_max_attempts: int = Field(default=10, ge=1, le=100)
+    job_backoff_s: PositiveSeconds = 1.0
+    job_backoff_max_s: PositiveSeconds = 3600.0
+    job_timeout_s: PositiveSeconds = 60.0
+    job_lease_s: PositiveSeconds = 120.0
+    worker_concurrency: int = Field(default=4, ge=1, le=100)
+    worker_poll_interval_s: float = Field(default=1.0, gt=0, le=60)
 
     # The OpenTelemetry SDK reads the rest of the standard OTEL_* variables itself
     # (OTEL_TRACES_SAMPLER, OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_HEADERS, ...).
@@ -184,6 +198,13 @@ class Settings(BaseSettings):
         if self.idempotency_lease_s <= self.request_timeout_s:
             # A live request's key must not be taken over by its own client's retry.
             raise ValueError("IDEMPOTENCY_LEASE_S must be longer than REQUEST_TIMEOUT_S")
+        return self
+
+    @model_validator(mode="after")
+    def _job_lease_outlasts_a_run(self) -> Settings:
+        if self.job_lease_s <= self.job_timeout_s:
+            # A live worker's job must not be taken over, and run twice, while it still runs.
+            raise ValueError("JOB_LEASE_S must be longer than JOB_TIMEOUT_S")
         return self
 
     @model_validator(mode="after")

@@ -10,6 +10,7 @@ import structlog
 from fastapi import APIRouter
 from fastapi import FastAPI
 from fastapi import Query
+from fastapi import Request
 from fastapi import Response
 from fastapi import status
 
@@ -39,6 +40,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.inventory = Inventory(None)
     else:
         app.state.inventory = Inventory(app.state.upstreams.get("inventory", str(settings.inventory_url)))
+    if settings.notify_url is None:
+        log.info("order_notify_skipped", reason="NOTIFY_URL is not set")
     yield
 
 
@@ -56,13 +59,22 @@ def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     responses=_problems(400, 409, 422, 503, 504),
 )
 async def create_order(
-    data: OrderCreate, session: SessionDep, inventory: InventoryDep, claim: ClaimDep, response: Response
+    data: OrderCreate,
+    session: SessionDep,
+    inventory: InventoryDep,
+    claim: ClaimDep,
+    response: Response,
+    request: Request,
 ) -> OrderRead:
     """Create an order once the inventory service has reserved its stock (409 `insufficient-stock`
     otherwise, replayed to a retry like a success; 503 or 504 when it cannot be asked). Requires an
     `Idempotency-Key`: a retry with the same key never creates a second order nor reserves twice."""
     order = await service.create(
-        session=session, inventory=inventory, data=data, idempotency_key=claim.derive("inventory-reservation")
+        session=session,
+        inventory=inventory,
+        data=data,
+        idempotency_key=claim.derive("inventory-reservation"),
+        notify=request.app.state.settings.notify_url is not None,
     )
     response.headers["Location"] = f"{router.prefix}/{order.id}"
     return OrderRead.model_validate(order)
