@@ -129,6 +129,11 @@ class Settings(BaseSettings):
 
     # The example domain's upstream; unset skips the stock check (so `make demo` needs nothing else).
     inventory_url: HttpUrl | None = None
+    # The example's stock pre-check (orders/inventory.py): `GET {INVENTORY_URL}/stock/{sku}` cached
+    # STOCK_CACHE_TTL_S (0: no pre-check), and served up to STOCK_CACHE_STALE_S past that while the
+    # read fails (platform/cache.py).
+    stock_cache_ttl_s: float = Field(default=5.0, ge=0, le=3600)
+    stock_cache_stale_s: float = Field(default=60.0, ge=0, le=24 * 3600)
     # The example domain's order notifications (orders/jobs.py); unset, no notification is enqueued.
     notify_url: HttpUrl | None = None
 

@@ -21,6 +21,7 @@ from {{ cookiecutter.package_name }}.orders.inventory import InventoryDep
 from {{ cookiecutter.package_name }}.orders.schemas import OrderCreate
 from {{ cookiecutter.package_name }}.orders.schemas import OrderPage
 from {{ cookiecutter.package_name }}.orders.schemas import OrderRead
+from {{ cookiecutter.package_name }}.platform.cache import Cache
 from {{ cookiecutter.package_name }}.platform.errors import PROBLEM_RESPONSES
 from {{ cookiecutter.package_name }}.platform.idempotency import ClaimDep
 from {{ cookiecutter.package_name }}.platform.idempotency import IdempotentRoute
@@ -39,7 +40,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("inventory_check_skipped", reason="INVENTORY_URL is not set")
         app.state.inventory = Inventory(None)
     else:
-        app.state.inventory = Inventory(app.state.upstreams.get("inventory", str(settings.inventory_url)))
+        url = str(settings.inventory_url)
+        stock = None
+        if settings.stock_cache_ttl_s > 0:
+            stock = Cache[int](
+                "stock",
+                ttl_s=settings.stock_cache_ttl_s,
+                stale_s=settings.stock_cache_stale_s,
+                metrics=app.state.metrics,
+            )
+        app.state.inventory = Inventory(
+            app.state.upstreams.get("inventory", url),
+            # Reads have their own breaker: failing stock reads must not stop reservations.
+            reads=app.state.upstreams.get("inventory-stock", url),
+            stock=stock,
+        )
     if settings.notify_url is None:
         log.info("order_notify_skipped", reason="NOTIFY_URL is not set")
     yield

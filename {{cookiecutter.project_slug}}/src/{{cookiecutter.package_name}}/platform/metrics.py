@@ -131,6 +131,14 @@ class Metrics:
             "How long the oldest due job has waited to be run (0 when none is due).",
             registry=self.registry,
         )
+        # Read-through caches (platform/cache.py), by cache name.
+        self.cache_lookups = Counter(
+            "cache_lookups",
+            "Cache lookups by cache and result: hit, miss (loaded), coalesced (waited for another's "
+            "load), stale (served past its TTL because the load failed).",
+            ["cache", "result"],
+            registry=self.registry,
+        )
         self.breaker_state = Gauge(
             "circuit_breaker_state",
             "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open.",

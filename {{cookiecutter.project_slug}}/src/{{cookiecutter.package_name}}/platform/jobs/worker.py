@@ -241,9 +241,12 @@ class Worker:
                 log.warning("job_failed", error=error, outcome=outcome, retry_in_s=round(delay_s, 3))
             return
         duration_ms = round((time.perf_counter() - started) * 1000, 1)
-        outcome = "succeeded" if await queue.succeeded(self.engine, job, worker=self.name) else "lost"
-        self._count(job, outcome)
-        log.info("job_succeeded" if outcome == "succeeded" else "job_lost", duration_ms=duration_ms)
+        if await queue.succeeded(self.engine, job, worker=self.name):
+            self._count(job, "succeeded")
+            log.info("job_succeeded", duration_ms=duration_ms)
+        else:  # its lease ran out while it ran: another worker may run it again
+            self._count(job, "lost")
+            log.warning("job_lost", duration_ms=duration_ms)
 
     def _count(self, job: queue.Claimed, outcome: str) -> None:
         self.metrics.job_runs.labels(job.kind, outcome).inc()
