@@ -11,7 +11,6 @@ from sqlalchemy import CheckConstraint
 from sqlalchemy import DateTime
 from sqlalchemy import Identity
 from sqlalchemy import Index
-from sqlalchemy import Integer
 from sqlalchemy import Text
 from sqlalchemy import func
 from sqlalchemy import text
@@ -37,7 +36,7 @@ class Job(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     status: Mapped[str] = mapped_column(Text, server_default=text("'ready'"))
     # Runs started: counted when a worker claims the job, so a job that kills its workers ends dead.
-    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    attempts: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     # When it may run next (enqueued: at once; after a failure: the backoff's end).
     run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
