@@ -113,6 +113,9 @@ def test_make_run_serves_health_and_ready_on_a_real_port(baked: dict[str, Path])
     events = [json.loads(line)["event"] for line in lines]  # every JSON-looking line parses
     assert "service_listening" in events
     assert "http_request" in events
+    # `make run` starts a worker beside the server, and stops it with the server.
+    assert "worker_started" in events
+    assert "worker_stopped" in events
     # The scorecard's trace continued into the service's own log lines, which HTTP cannot show.
     trace_ids = {json.loads(line).get("trace_id") for line in lines}
     assert sent_trace_id.group(1) in trace_ids

@@ -35,6 +35,7 @@ from {{ cookiecutter.package_name }}.db.base import Base
 # found by `domains.modules`.
 from {{ cookiecutter.package_name }}.platform import audit  # noqa: F401
 from {{ cookiecutter.package_name }}.platform import idempotency  # noqa: F401
+from {{ cookiecutter.package_name }}.platform import jobs  # noqa: F401
 from {{ cookiecutter.package_name }}.platform import ratelimit  # noqa: F401
 from {{ cookiecutter.package_name }}.settings import Settings
 from {{ cookiecutter.package_name }}.settings import load_settings

@@ -55,6 +55,13 @@ def test_a_database_url_that_would_fail_every_connection_is_refused(bad: str, re
         Settings(database_url=bad)  # type: ignore[arg-type]
 
 
+def test_a_job_lease_no_longer_than_a_job_run_is_refused() -> None:
+    # A lease that ends while its job still runs would let a second worker run it at the same time.
+    with pytest.raises(ValidationError, match="JOB_LEASE_S must be longer than JOB_TIMEOUT_S"):
+        Settings(job_timeout_s=60, job_lease_s=60)
+    assert Settings(job_timeout_s=60, job_lease_s=61).job_lease_s == 61
+
+
 def test_a_migration_lock_budget_that_holds_no_full_lock_wait_is_refused() -> None:
     reason = "MIGRATION_LOCK_BUDGET_S must be longer than MIGRATION_LOCK_TIMEOUT_S"
     with pytest.raises(ValidationError, match=reason):

@@ -37,6 +37,9 @@ class ScriptedUpstream:
     def __init__(self, default: Reply | None = None) -> None:
         self.default = default or Reply(200, {"ok": True})
         self.script: deque[Reply] = deque()
+        # Path prefix -> the reply to every request under it, before the script: one server can
+        # play two endpoints that fail independently.
+        self.routes: dict[str, Reply] = {}
         self.received: list[Received] = []
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
@@ -78,7 +81,8 @@ class ScriptedUpstream:
             body = await reader.readexactly(int(headers.get("content-length", "0")))
             parsed = json.loads(body) if body else None
             self.received.append(Received(request_line[0], request_line[1], headers, parsed))
-            reply = self.script.popleft() if self.script else self.default
+            routed = [reply for prefix, reply in self.routes.items() if request_line[1].startswith(prefix)]
+            reply = routed[0] if routed else self.script.popleft() if self.script else self.default
             if reply.hang:
                 await asyncio.sleep(3600)
             await asyncio.sleep(reply.delay_s)

@@ -1,10 +1,13 @@
-"""`python -m {{ cookiecutter.package_name }} [serve [--migrate] | migrate | purge-idempotency-keys | purge-audit-events]`.
+"""`python -m {{ cookiecutter.package_name }} [serve [--migrate] [--worker] | worker | jobs | migrate | purge-*]`.
 
 `serve` (the default) runs uvicorn on `HOST`:`PORT` as `DATABASE_URL`'s role (the runtime role);
 `migrate` upgrades the schema to its heads as `MIGRATION_DATABASE_URL`'s role (the schema's owner;
 `DATABASE_URL`'s when unset, a development convenience) and exits (the deploy step; `make migrate`).
 Without `DATABASE_URL` both start the embedded PostgreSQL first, for development, with both roles;
 `serve --migrate` (what `make run` uses) also migrates, as the owner, before serving as the runtime role.
+`worker` runs background jobs (platform/jobs/) as the runtime role, with `/health` on `PORT`;
+`serve --worker` (`make run`) starts one beside the server, as a child process on `PORT`+1 (metrics
+on `METRICS_PORT`+1), stopped with it. `jobs list [--dead]` and `jobs retry ID` look after the queue.
 """
 
 from __future__ import annotations
@@ -13,20 +16,27 @@ import argparse
 import asyncio
 import os
 import signal
+import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextlib import nullcontext
 
 import structlog
 import uvicorn
 from pydantic import SecretStr
 from uvicorn.supervisors import Multiprocess
 
+from {{ cookiecutter.package_name }} import domains
 from {{ cookiecutter.package_name }}.db import embedded
 from {{ cookiecutter.package_name }}.db import migrations
 from {{ cookiecutter.package_name }}.db.session import create_engine
 from {{ cookiecutter.package_name }}.platform import audit
 from {{ cookiecutter.package_name }}.platform import idempotency
+from {{ cookiecutter.package_name }}.platform import jobs
 from {{ cookiecutter.package_name }}.platform import logs
 from {{ cookiecutter.package_name }}.platform import shutdown
+from {{ cookiecutter.package_name }}.platform.jobs.periodic import platform_jobs
 from {{ cookiecutter.package_name }}.settings import Settings
 from {{ cookiecutter.package_name }}.settings import load_settings
 
@@ -41,6 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command")
     serve = commands.add_parser("serve", help="serve HTTP (the default)")
     serve.add_argument("--migrate", action="store_true", help="upgrade the schema first (development)")
+    serve.add_argument("--worker", action="store_true", help="run a worker beside the server (development)")
+    commands.add_parser("worker", help="run background jobs until SIGTERM")
+    jobs_command = commands.add_parser("jobs", help="list or re-run background jobs")
+    jobs_actions = jobs_command.add_subparsers(dest="action", required=True)
+    jobs_list = jobs_actions.add_parser("list", help="list jobs (the first 100), oldest first")
+    jobs_list.add_argument("--dead", action="store_true", help="only the dead ones (failed every attempt)")
+    jobs_retry = jobs_actions.add_parser("retry", help="put a dead job back in the queue, attempts reset")
+    jobs_retry.add_argument("id", type=int)
     migrate = commands.add_parser(
         "migrate",
         help="upgrade the schema to its heads and exit, as MIGRATION_DATABASE_URL (DATABASE_URL when unset)",
@@ -85,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         deleted = asyncio.run(_purge_audit(settings))
         log.info("audit_events_purged", deleted=deleted)
         return 0
+    if args.command == "worker":
+        handlers, schedules = _jobs(settings)
+        asyncio.run(jobs.serve(settings, handlers=handlers, schedules=schedules))
+        return 0
+    if args.command == "jobs":
+        return asyncio.run(_jobs_command(settings, args))
 
     # uvicorn drains on SIGTERM, then re-raises it; exiting through SystemExit (status 0) instead of
     # the default handler lets atexit hooks run, such as stopping the embedded database.
@@ -109,12 +133,62 @@ def main(argv: list[str] | None = None) -> int:
         server_header=False,
         timeout_graceful_shutdown=settings.graceful_timeout_s,
     )
-    if settings.workers > 1:
-        sock = config.bind_socket()
-        Multiprocess(config, sockets=[sock]).run()
-    else:
-        shutdown.DrainingServer(config, delay_s=settings.shutdown_delay_s).run()
+    with _worker_beside(settings) if getattr(args, "worker", False) else nullcontext():
+        if settings.workers > 1:
+            sock = config.bind_socket()
+            Multiprocess(config, sockets=[sock]).run()
+        else:
+            shutdown.DrainingServer(config, delay_s=settings.shutdown_delay_s).run()
     return 0
+
+
+def _jobs(settings: Settings) -> tuple[dict[str, jobs.Handler], list[jobs.Schedule]]:
+    """The platform's jobs, and each domain's: `<domain>/jobs.py` with `handlers` (and `schedules`)."""
+    handlers, schedules = platform_jobs(settings)
+    for module in domains.modules("jobs"):
+        handlers.update(getattr(module, "handlers", {}))
+        schedules.extend(getattr(module, "schedules", []))
+    return handlers, schedules
+
+
+async def _jobs_command(settings: Settings, args: argparse.Namespace) -> int:
+    url = settings.database_async_url()
+    assert url is not None
+    engine = create_engine(settings, url)
+    try:
+        if args.action == "retry":
+            if not await jobs.retry(engine, args.id):
+                print(f"no dead job has id {args.id}", file=sys.stderr)
+                return 1
+            log.info("job_retried", job_id=args.id)
+            return 0
+        for job in await jobs.list_jobs(engine, status="dead" if args.dead else None):
+            print(
+                f"{job.id}\t{job.kind}\t{job.status}\tattempts={job.attempts}\t"
+                f"created={job.created_at.isoformat()}\t{job.last_error or ''}"
+            )
+        return 0
+    finally:
+        await engine.dispose()
+
+
+@contextmanager
+def _worker_beside(settings: Settings) -> Iterator[None]:
+    """A worker process for as long as the server runs (development: one command for both)."""
+    environment = os.environ | {
+        "PORT": str(settings.port + 1),
+        "METRICS_PORT": str(settings.metrics_port + 1),
+    }
+    worker = subprocess.Popen([sys.executable, "-m", "{{ cookiecutter.package_name }}", "worker"], env=environment)
+    try:
+        yield
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=settings.graceful_timeout_s + 5)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
 
 
 async def _purge(settings: Settings) -> int:

@@ -158,6 +158,25 @@ class Settings(BaseSettings):
 
     # The example domain's upstream; unset skips the stock check (so `make demo` needs nothing else).
     inventory_url: HttpUrl | None = None
+    # The example's stock pre-check (orders/inventory.py): `GET {INVENTORY_URL}/stock/{sku}` cached
+    # STOCK_CACHE_TTL_S (0: no pre-check), and served up to STOCK_CACHE_STALE_S past that while the
+    # read fails (platform/cache.py).
+    stock_cache_ttl_s: float = Field(default=5.0, ge=0, le=3600)
+    stock_cache_stale_s: float = Field(default=60.0, ge=0, le=24 * 3600)
+    # The example domain's order notifications (orders/jobs.py); unset, no notification is enqueued.
+    notify_url: HttpUrl | None = None
+
+    # Background jobs (platform/jobs/). A job runs at most JOB_TIMEOUT_S; a worker that stops
+    # answering for JOB_LEASE_S (it died) loses its jobs to another. A failed job runs again after a
+    # full-jitter backoff (random up to JOB_BACKOFF_S x 2^(attempt-1), at most JOB_BACKOFF_MAX_S),
+    # JOB_MAX_ATTEMPTS runs in all, then it is kept as dead. WORKER_CONCURRENCY jobs run at once.
+    job_max_attempts: int = Field(default=10, ge=1, le=100)
+    job_backoff_s: PositiveSeconds = 1.0
+    job_backoff_max_s: PositiveSeconds = 3600.0
+    job_timeout_s: PositiveSeconds = 60.0
+    job_lease_s: PositiveSeconds = 120.0
+    worker_concurrency: int = Field(default=4, ge=1, le=100)
+    worker_poll_interval_s: float = Field(default=1.0, gt=0, le=60)
 
     # Authentication (platform/auth): bearer JWTs verified against the identity provider's JWKS.
     # AUTH_MODE unset means `jwt` when AUTH_JWKS_URL is set, else the development principal (only
@@ -290,6 +309,13 @@ class Settings(BaseSettings):
             )
         if conflicts:
             raise ValueError("\n".join(conflicts))
+        return self
+
+    @model_validator(mode="after")
+    def _job_lease_outlasts_a_run(self) -> Settings:
+        if self.job_lease_s <= self.job_timeout_s:
+            # A live worker's job must not be taken over, and run twice, while it still runs.
+            raise ValueError("JOB_LEASE_S must be longer than JOB_TIMEOUT_S")
         return self
 
     @model_validator(mode="after")

@@ -21,6 +21,7 @@ from tests.upstream import ScriptedUpstream
 
 ORDER = {"sku": "SKU-1", "quantity": 1}
 RESERVED = Reply(201, {"reserved": True}, delay_s=0.5)  # a slow inventory service
+# These tests count reservations: the stock pre-check (its cache: test_stock_cache.py) is off.
 
 
 def assert_one_order_from(responses: list[httpx.Response]) -> None:
@@ -41,7 +42,7 @@ async def test_concurrent_retries_in_process_reserve_once_and_create_one_order(
     committed: URL, copies: int
 ) -> None:
     async with ScriptedUpstream(default=RESERVED) as inventory:
-        app = create_app(make_settings(committed, inventory_url=inventory.url))
+        app = create_app(make_settings(committed, inventory_url=inventory.url, stock_cache_ttl_s=0))
         async with serving(app) as client:
             responses = await asyncio.gather(
                 *(
@@ -58,7 +59,10 @@ async def test_concurrent_retries_in_process_reserve_once_and_create_one_order(
 async def test_fifty_concurrent_retries_across_worker_processes_reserve_once(committed: URL) -> None:
     async with ScriptedUpstream(default=RESERVED) as inventory:
         with running(
-            committed.render_as_string(hide_password=False), WORKERS="3", INVENTORY_URL=inventory.url
+            committed.render_as_string(hide_password=False),
+            WORKERS="3",
+            INVENTORY_URL=inventory.url,
+            STOCK_CACHE_TTL_S="0",
         ) as service:
             async with httpx.AsyncClient(base_url=service.base, timeout=10) as client:
                 responses = await asyncio.gather(
@@ -77,7 +81,9 @@ async def test_a_refusal_is_replayed_after_the_upstream_recovers(committed: URL)
     the same 409, even once stock is back; a new key orders."""
     async with ScriptedUpstream(default=Reply(201, {"reserved": True})) as inventory:
         inventory.then(Reply(409, {"available": 0}))
-        async with serving(create_app(make_settings(committed, inventory_url=inventory.url))) as client:
+        async with serving(
+            create_app(make_settings(committed, inventory_url=inventory.url, stock_cache_ttl_s=0))
+        ) as client:
             refused = await client.post("/v1/orders", json=ORDER, headers={"Idempotency-Key": "k-1"})
             again = await client.post("/v1/orders", json=ORDER, headers={"Idempotency-Key": "k-1"})
             fresh = await client.post("/v1/orders", json=ORDER, headers={"Idempotency-Key": "k-2"})
@@ -93,7 +99,9 @@ async def test_a_refusal_is_replayed_after_the_upstream_recovers(committed: URL)
 async def test_an_unavailable_upstream_leaves_the_key_free_for_the_retry(committed: URL) -> None:
     async with ScriptedUpstream(default=Reply(201, {"reserved": True})) as inventory:
         inventory.then(Reply(503), Reply(503), Reply(503))  # every attempt of the first request
-        settings = make_settings(committed, inventory_url=inventory.url, http_retry_max_wait_s=0.05)
+        settings = make_settings(
+            committed, inventory_url=inventory.url, stock_cache_ttl_s=0, http_retry_max_wait_s=0.05
+        )
         async with serving(create_app(settings)) as client:
             failed = await client.post("/v1/orders", json=ORDER, headers={"Idempotency-Key": "k-1"})
             retried = await client.post("/v1/orders", json=ORDER, headers={"Idempotency-Key": "k-1"})
@@ -112,6 +120,7 @@ async def test_idempotent_posts_hold_no_connection_while_the_upstream_answers(co
             make_settings(
                 committed,
                 inventory_url=inventory.url,
+                stock_cache_ttl_s=0,
                 db_pool_size=2,
                 db_max_overflow=0,
                 db_pool_timeout_s=1.0,

@@ -40,6 +40,7 @@ def app(database_url: URL, inventory: ScriptedUpstream) -> FastAPI:
             breaker_reset_timeout_s=30,
             request_timeout_s=1.5,
             db_pool_timeout_s=0.5,
+            stock_cache_ttl_s=0,  # reservations alone here; the cached pre-check: test_stock_cache.py
         )
     )
 

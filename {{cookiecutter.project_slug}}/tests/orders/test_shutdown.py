@@ -20,6 +20,7 @@ async def test_a_request_in_flight_finishes_after_sigterm(committed: URL) -> Non
         with running(
             committed.render_as_string(hide_password=False),
             INVENTORY_URL=inventory.url,
+            STOCK_CACHE_TTL_S="0",  # reservations alone: their scripted replies
             SHUTDOWN_DELAY_S="0.5",
         ) as service:
             answers: list[httpx.Response] = []

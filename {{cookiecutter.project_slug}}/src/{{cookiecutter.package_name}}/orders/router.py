@@ -10,6 +10,7 @@ import structlog
 from fastapi import APIRouter
 from fastapi import FastAPI
 from fastapi import Query
+from fastapi import Request
 from fastapi import Response
 from fastapi import status
 
@@ -21,6 +22,7 @@ from {{ cookiecutter.package_name }}.orders.schemas import OrderCreate
 from {{ cookiecutter.package_name }}.orders.schemas import OrderPage
 from {{ cookiecutter.package_name }}.orders.schemas import OrderRead
 from {{ cookiecutter.package_name }}.platform.auth import require
+from {{ cookiecutter.package_name }}.platform.cache import Cache
 from {{ cookiecutter.package_name }}.platform.errors import PROBLEM_RESPONSES
 from {{ cookiecutter.package_name }}.platform.idempotency import ClaimDep
 from {{ cookiecutter.package_name }}.platform.idempotency import IdempotentRoute
@@ -39,7 +41,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("inventory_check_skipped", reason="INVENTORY_URL is not set")
         app.state.inventory = Inventory(None)
     else:
-        app.state.inventory = Inventory(app.state.upstreams.get("inventory", str(settings.inventory_url)))
+        url = str(settings.inventory_url)
+        stock = None
+        if settings.stock_cache_ttl_s > 0:
+            stock = Cache[int](
+                "stock",
+                ttl_s=settings.stock_cache_ttl_s,
+                stale_s=settings.stock_cache_stale_s,
+                metrics=app.state.metrics,
+            )
+        app.state.inventory = Inventory(
+            app.state.upstreams.get("inventory", url),
+            # Reads have their own breaker: failing stock reads must not stop reservations.
+            reads=app.state.upstreams.get("inventory-stock", url),
+            stock=stock,
+        )
+    if settings.notify_url is None:
+        log.info("order_notify_skipped", reason="NOTIFY_URL is not set")
     yield
 
 
@@ -58,13 +76,22 @@ def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     dependencies=[require("orders:write")],
 )
 async def create_order(
-    data: OrderCreate, session: SessionDep, inventory: InventoryDep, claim: ClaimDep, response: Response
+    data: OrderCreate,
+    session: SessionDep,
+    inventory: InventoryDep,
+    claim: ClaimDep,
+    response: Response,
+    request: Request,
 ) -> OrderRead:
     """Create an order once the inventory service has reserved its stock (409 `insufficient-stock`
     otherwise, replayed to a retry like a success; 503 or 504 when it cannot be asked). Requires an
     `Idempotency-Key`: a retry with the same key never creates a second order nor reserves twice."""
     order = await service.create(
-        session=session, inventory=inventory, data=data, idempotency_key=claim.derive("inventory-reservation")
+        session=session,
+        inventory=inventory,
+        data=data,
+        idempotency_key=claim.derive("inventory-reservation"),
+        notify=request.app.state.settings.notify_url is not None,
     )
     response.headers["Location"] = f"{router.prefix}/{order.id}"
     return OrderRead.model_validate(order)

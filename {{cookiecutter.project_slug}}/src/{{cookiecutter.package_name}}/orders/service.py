@@ -14,10 +14,13 @@ from sqlalchemy import select
 from sqlalchemy import tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from {{ cookiecutter.package_name }}.orders import jobs as order_jobs
 from {{ cookiecutter.package_name }}.orders.inventory import Inventory
 from {{ cookiecutter.package_name }}.orders.models import Order
 from {{ cookiecutter.package_name }}.orders.schemas import OrderCreate
+from {{ cookiecutter.package_name }}.orders.schemas import OrderRead
 from {{ cookiecutter.package_name }}.platform import audit
+from {{ cookiecutter.package_name }}.platform import jobs
 from {{ cookiecutter.package_name }}.platform.errors import BadRequest
 from {{ cookiecutter.package_name }}.platform.errors import NotFound
 
@@ -25,7 +28,7 @@ log = structlog.get_logger(__name__)
 
 
 async def create(
-    *, session: AsyncSession, inventory: Inventory, data: OrderCreate, idempotency_key: str
+    *, session: AsyncSession, inventory: Inventory, data: OrderCreate, idempotency_key: str, notify: bool
 ) -> Order:
     # Before the first statement: no connection is held while the upstream is called.
     await inventory.reserve(sku=data.sku, quantity=data.quantity, idempotency_key=idempotency_key)
@@ -36,6 +39,10 @@ async def create(
     audit.record(
         session, action="order.created", resource_type="order", resource_id=str(order.id), outcome="success"
     )
+    if notify:
+        # Also in the same transaction: the notification is sent if and only if the order exists.
+        order_snapshot = OrderRead.model_validate(order).model_dump(mode="json")
+        jobs.enqueue(session, order_jobs.NOTIFY, {"order": order_snapshot})
     log.info("order_created", order_id=str(order.id), sku=order.sku, quantity=order.quantity)
     return order
 

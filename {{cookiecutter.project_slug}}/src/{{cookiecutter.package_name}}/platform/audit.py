@@ -12,13 +12,12 @@ explicit `actor=`), "anonymous" without either.
 Append-only in the database, not by convention: the runtime role may INSERT and SELECT rows, never
 UPDATE or DELETE them (migration 0005). Rows past the retention are deleted by
 `purge_audit_events()`, a SECURITY DEFINER function owned by the migration role that deletes nothing
-younger than 90 days whoever calls it; the app calls it periodically, like the idempotency purge,
+younger than 90 days whoever calls it; the worker calls it on its schedule (`platform/jobs/periodic.py`),
 and `python -m <package> purge-audit-events` does once.
 """
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 from typing import Literal
 
@@ -108,16 +107,3 @@ async def purge_expired(engine: AsyncEngine, *, retention_s: float, batch: int =
         deleted += count
         if count < batch:
             return deleted
-
-
-async def purge_periodically(engine: AsyncEngine, *, retention_s: float, interval_s: float) -> None:
-    """The app's purge task: runs until cancelled; a failed round is logged and retried later."""
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            deleted = await purge_expired(engine, retention_s=retention_s)
-        except Exception:  # the database may be down; the next round tries again
-            log.warning("audit_purge_failed", exc_info=True)
-        else:
-            if deleted:
-                log.info("audit_events_purged", deleted=deleted)

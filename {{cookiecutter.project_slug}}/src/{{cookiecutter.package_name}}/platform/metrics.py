@@ -3,7 +3,8 @@
 Standard: Observability / Metrics. Request count and latency by method, route template and status
 (recorded by `middleware.RequestContextMiddleware`), and requests shed for load (`shedding`); outbound
 calls, retries and circuit breaker state per upstream (recorded by `resilience`); idempotency
-outcomes (`idempotency`); rate limit refusals and store errors (`ratelimit`); transient
+outcomes (`idempotency`); rate limit refusals and store errors (`ratelimit`); job runs and the
+queue's depth (`jobs`, set by the worker); transient
 database errors answered 503, by SQLSTATE (`errors`); database pool gauges read at scrape time.
 Each app has its own registry, so two apps in one process (tests) never share counters.
 
@@ -115,6 +116,33 @@ class Metrics:
         self.ready = Gauge(
             "service_ready",
             "1 when the last /ready check passed, 0 when it failed (changes count readiness flaps).",
+            registry=self.registry,
+        )
+        # Background jobs (platform/jobs/): set by the worker; every worker reports the same queue.
+        self.job_runs = Counter(
+            "job_runs",
+            "Job runs by kind and outcome: succeeded, retry (failed, will run again), dead (failed its "
+            "last attempt), handed_back (interrupted by a shutdown), lost (taken over after its lease).",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.job_queue_depth = Gauge(
+            "job_queue_depth",
+            "Jobs in the queue by state: ready (due now), waiting (backing off), running, dead.",
+            ["state"],
+            registry=self.registry,
+        )
+        self.job_oldest_ready_age = Gauge(
+            "job_oldest_ready_age_seconds",
+            "How long the oldest due job has waited to be run (0 when none is due).",
+            registry=self.registry,
+        )
+        # Read-through caches (platform/cache.py), by cache name.
+        self.cache_lookups = Counter(
+            "cache_lookups",
+            "Cache lookups by cache and result: hit, miss (loaded), coalesced (waited for another's "
+            "load), stale (served past its TTL because the load failed).",
+            ["cache", "result"],
             registry=self.registry,
         )
         self.breaker_state = Gauge(

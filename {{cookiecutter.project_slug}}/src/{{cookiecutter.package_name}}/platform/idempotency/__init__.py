@@ -33,13 +33,12 @@ streams, or mixes safe and unsafe methods) stops start-up with a message naming 
    (`claim.derive("purpose")`, through `ClaimDep`) to each unsafe upstream call, and the upstream
    de-duplicates the second call; the example's stock reservation does.
 
-Records expire after the retention; `purge_expired` deletes them in small batches (a periodic task
-of the app, and `python -m <package> purge-idempotency-keys`).
+Records expire after the retention; `purge_expired` deletes them in small batches (a periodic job
+of the worker, and `python -m <package> purge-idempotency-keys`).
 """
 
 from {{ cookiecutter.package_name }}.platform.idempotency.key import KEY_HEADER
 from {{ cookiecutter.package_name }}.platform.idempotency.purge import purge_expired
-from {{ cookiecutter.package_name }}.platform.idempotency.purge import purge_periodically
 from {{ cookiecutter.package_name }}.platform.idempotency.route import REPLAYED_HEADER
 from {{ cookiecutter.package_name }}.platform.idempotency.route import Claim
 from {{ cookiecutter.package_name }}.platform.idempotency.route import ClaimDep
@@ -60,5 +59,4 @@ __all__ = [
     "current_principal",
     "install",
     "purge_expired",
-    "purge_periodically",
 ]

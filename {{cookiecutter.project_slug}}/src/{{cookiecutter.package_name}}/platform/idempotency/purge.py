@@ -1,8 +1,7 @@
-"""Expired records go: in small batches, by a periodic task of the app and by a command."""
+"""Expired records go: in small batches, by a periodic job of the worker
+(`platform/jobs/periodic.py`) and by a command."""
 
 from __future__ import annotations
-
-import asyncio
 
 import structlog
 from sqlalchemy import text
@@ -27,16 +26,3 @@ async def purge_expired(engine: AsyncEngine, *, batch: int = PURGE_BATCH) -> int
         deleted += count
         if count < batch:
             return deleted
-
-
-async def purge_periodically(engine: AsyncEngine, interval_s: float) -> None:
-    """The app's purge task: runs until cancelled; a failed round is logged and retried later."""
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            deleted = await purge_expired(engine)
-        except Exception:  # the database may be down; the next round tries again
-            log.warning("idempotency_purge_failed", exc_info=True)
-        else:
-            if deleted:
-                log.info("idempotency_keys_purged", deleted=deleted)

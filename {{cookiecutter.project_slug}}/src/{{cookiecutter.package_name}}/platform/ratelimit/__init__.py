@@ -15,7 +15,7 @@ by every replica, in PostgreSQL), `RATE_LIMIT_ENABLED` and `RATE_LIMIT_PURGE_INT
   headers); over the limit, 429 problem+json `rate-limited` with `Retry-After`, counted in
   `rate_limited_requests_total{route}`.
 - Fixed windows (`limits`' `FixedWindowRateLimiter`); in PostgreSQL one upsert per check on an
-  UNLOGGED table (`store`), ended windows purged by a periodic task.
+  UNLOGGED table (`store`), ended windows purged by a periodic job of the worker.
 - A shared store that fails (down, slow past the pool's timeouts) admits the request: counted in
   `rate_limit_store_errors_total`, logged at most every 10 s as `rate_limit_store_unavailable`.
 """
@@ -30,7 +30,6 @@ from {{ cookiecutter.package_name }}.platform.ratelimit.limiter import limit
 from {{ cookiecutter.package_name }}.platform.ratelimit.store import DatabaseStorage
 from {{ cookiecutter.package_name }}.platform.ratelimit.store import RateLimitWindow
 from {{ cookiecutter.package_name }}.platform.ratelimit.store import purge_expired
-from {{ cookiecutter.package_name }}.platform.ratelimit.store import purge_periodically
 
 __all__ = [
     "RESPONSES",
@@ -43,5 +42,4 @@ __all__ = [
     "headers",
     "limit",
     "purge_expired",
-    "purge_periodically",
 ]

@@ -143,16 +143,3 @@ async def purge_expired(engine: AsyncEngine, *, batch: int = PURGE_BATCH) -> int
         deleted += count
         if count < batch:
             return deleted
-
-
-async def purge_periodically(engine: AsyncEngine, interval_s: float) -> None:
-    """The app's purge task: runs until cancelled; a failed round is logged and retried later."""
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            deleted = await purge_expired(engine)
-        except Exception:  # the database may be down; the next round tries again
-            log.warning("rate_limit_purge_failed", exc_info=True)
-        else:
-            if deleted:
-                log.debug("rate_limit_windows_purged", deleted=deleted)

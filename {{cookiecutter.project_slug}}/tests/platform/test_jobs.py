@@ -1,0 +1,129 @@
+"""Background jobs on a real PostgreSQL with real worker processes (platform/jobs/)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import datetime
+from itertools import pairwise
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from {{ cookiecutter.package_name }}.platform import jobs
+from {{ cookiecutter.package_name }}.platform.jobs.queue import backoff_s
+
+from tests.conftest import MIGRATIONS
+from tests.conftest import PROJECT
+from tests.worker import empty_queue
+from tests.worker import eventually
+from tests.worker import query
+from tests.worker import worker
+
+
+class Abort(Exception):
+    pass
+
+
+@pytest.fixture
+async def queue(database_url: URL) -> AsyncIterator[URL]:
+    await empty_queue(database_url)
+    yield database_url
+    await empty_queue(database_url)
+
+
+async def test_a_job_exists_only_if_its_transaction_commits(queue: URL) -> None:
+    engine = create_async_engine(queue)
+    sessions = async_sessionmaker(engine)
+
+    async def rolled_back() -> None:
+        async with sessions() as session, session.begin():
+            jobs.enqueue(session, "test.rolled_back", {"n": 1})
+            await session.flush()
+            raise Abort
+
+    try:
+        with pytest.raises(Abort):
+            await rolled_back()
+        async with sessions() as session, session.begin():
+            jobs.enqueue(session, "test.committed", {"n": 2})
+    finally:
+        await engine.dispose()
+    rows = await query(queue, "SELECT kind, payload, status FROM jobs")
+    assert rows == [("test.committed", {"n": 2}, "ready")]
+
+
+def test_backoff_is_full_jitter_under_a_doubling_cap() -> None:
+    for attempts, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (10, 30.0), (80, 30.0)]:
+        delays = [backoff_s(attempts, base_s=1.0, max_s=30.0) for _ in range(200)]
+        assert all(0 <= delay <= ceiling for delay in delays)
+        assert max(delays) > ceiling / 2  # spread over the whole range, not a fixed delay
+        assert min(delays) < ceiling / 2
+
+
+def jobs_command(database_url: URL, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "jobs", *args],
+        cwd=PROJECT,
+        env=os.environ
+        | {
+            "DATABASE_URL": database_url.render_as_string(hide_password=False),
+            "MIGRATIONS_DIR": str(MIGRATIONS),
+            "LOG_LEVEL": "WARNING",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_a_job_failing_every_attempt_is_kept_dead_listed_and_rerun(queue: URL, tmp_path: Path) -> None:
+    await query(queue, "INSERT INTO jobs (kind, payload) VALUES ('test.no_such_handler', '{}')")
+    async with worker(queue, tmp_path / "worker.log", JOB_MAX_ATTEMPTS="3") as running:
+
+        async def dead() -> bool:
+            return bool(await query(queue, "SELECT 1 FROM jobs WHERE status = 'dead'"))
+
+        await eventually(dead)
+        (job_id, attempts, error) = (await query(queue, "SELECT id, attempts, last_error FROM jobs"))[0]
+        assert attempts == 3
+        assert "no handler for 'test.no_such_handler'" in error
+        failures = running.events("job_failed")
+        assert [line["attempt"] for line in failures] == [1, 2]
+        assert all(0 <= line["retry_in_s"] <= 0.2 for line in failures)  # JOB_BACKOFF_MAX_S
+        assert [line["attempt"] for line in running.events("job_dead")] == [3]
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(running.health)).status_code == 200
+
+    listed = jobs_command(queue, "list", "--dead")
+    assert listed.returncode == 0, listed.stderr
+    assert f"{job_id}\ttest.no_such_handler\tdead\tattempts=3" in listed.stdout
+    rerun = jobs_command(queue, "retry", str(job_id))
+    assert rerun.returncode == 0, rerun.stderr
+    assert await query(queue, "SELECT status, attempts FROM jobs") == [("ready", 0)]
+    assert jobs_command(queue, "retry", "999999999").returncode == 1
+
+
+async def test_two_workers_run_a_periodic_job_once_per_period(queue: URL, tmp_path: Path) -> None:
+    interval = {"IDEMPOTENCY_PURGE_INTERVAL_S": "1"}
+    async with (
+        worker(queue, tmp_path / "a.log", **interval) as first,
+        worker(queue, tmp_path / "b.log", **interval) as second,
+    ):
+        await asyncio.sleep(4)
+        runs = first.events("job_scheduled") + second.events("job_scheduled")
+        purged = first.events("idempotency_keys_purged") + second.events("idempotency_keys_purged")
+    times = sorted(datetime.fromisoformat(line["timestamp"]) for line in runs)
+    gaps = [(later - earlier).total_seconds() for earlier, later in pairwise(times)]
+    assert len(times) >= 3
+    # One run per period, whichever worker got it: never two within a period.
+    assert min(gaps) >= 0.9, gaps
+    assert len(purged) >= len(times) - 1  # each enqueued run ran (the last may still be running)
