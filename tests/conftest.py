@@ -58,7 +58,10 @@ def free_port() -> int:
 
 def make(project: Path, target: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess[str]:
     """Run a target of the baked project's Makefile, as its users would."""
-    merged = {key: value for key, value in os.environ.items() if not key.startswith(("DATABASE_URL", "PORT"))}
+    # Nor the outer make's variables: `make test PYTEST_ARGS=-v` here travels in MAKEFLAGS and would
+    # override the bake's own (a command-line variable beats the environment in every sub-make).
+    outer = ("DATABASE_URL", "PORT", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+    merged = {key: value for key, value in os.environ.items() if not key.startswith(outer)}
     merged.update(env)
     return subprocess.run(
         ["make", "--no-print-directory", target],

@@ -64,7 +64,11 @@ class Settings(BaseSettings):
     # grants DB_RUNTIME_ROLE, the role DATABASE_URL logs in as, DML only. A name, not a secret: the
     # migrate Job must not need the runtime role's password to grant it.
     migration_database_url: SecretStr | None = None
-    db_runtime_role: str = Field(default="{{ cookiecutter.package_name }}_app", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    # Exploded with a trailing comma, so the formatter keeps it so whatever the package name's length.
+    db_runtime_role: str = Field(
+        default="{{ cookiecutter.package_name }}_app",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+    )
     embedded_db_dir: Path = Path(".data/postgres")
     migrations_dir: Path = Path("migrations")
 
