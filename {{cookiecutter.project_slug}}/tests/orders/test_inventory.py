@@ -135,6 +135,7 @@ async def test_the_breaker_gauge_reads_2_open_1_half_open_0_closed(
             http_retry_attempts=1,
             breaker_fail_max=2,
             breaker_reset_timeout_s=0.3,
+            stock_cache_ttl_s=0,  # the reservations' breaker alone: no stock pre-check
         )
     )
     inventory.default = Reply(503)
@@ -166,6 +167,7 @@ async def test_a_hanging_inventory_is_a_504_at_the_deadline_not_the_read_timeout
             http_attempt_timeout_s=0.5,
             http_retry_max_wait_s=0.1,
             db_pool_timeout_s=0.4,
+            stock_cache_ttl_s=0,  # the reservation hangs, not the stock pre-check
         )
     )
     inventory.default = Reply(hang=True)
