@@ -25,7 +25,7 @@ bake: .venv/.installed  ## bake the default service into build/ (git-ignored)
 	.venv/bin/cookiecutter --no-input --overwrite-if-exists --output-dir $(BUILD) $(CURDIR)
 
 demo: bake  ## bake the default service and run it on embedded PostgreSQL
-	@echo "Serving on http://127.0.0.1:$${PORT:-8000}: /docs, /health, /ready, /metrics, /v1/orders. Ctrl-C stops it."
+	@echo "Serving on http://127.0.0.1:$${PORT:-8000}: /docs, /health, /ready, /v1/orders; metrics on http://127.0.0.1:$${METRICS_PORT:-9090}/metrics. Ctrl-C stops it."
 	$(MAKE) -C $(DEMO) run
 
 test: .venv/.installed  ## bake every combination; lint and test each bake; run the default one
