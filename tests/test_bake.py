@@ -51,6 +51,17 @@ def test_without_the_example_domain_no_trace_of_it_is_left(baked: dict[str, Path
     assert mentions == []
 
 
+def test_no_bake_carries_the_default_names_it_was_not_given(baked: dict[str, Path]) -> None:
+    """A default bake's names copied back into the template would ship in every other bake."""
+    project = baked["long-name"]
+    mentions = [
+        str(path)
+        for path in _files(project)
+        if re.search(r"orders[-_]service|Orders Service", path.read_text())
+    ]
+    assert mentions == []
+
+
 def test_the_runbook_is_rendered_with_the_answers(baked: dict[str, Path]) -> None:
     runbook = (baked["default"] / "RUNBOOK.md").read_text()
     assert "# Orders Service runbook" in runbook

@@ -9,7 +9,7 @@ example's POST without the Idempotency-Key machinery, for the idempotency ratio.
 from collections.abc import Sequence
 from uuid import uuid4
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from orders_service.db.session import SessionDep
@@ -29,10 +29,17 @@ async def ping() -> dict[str, bool]:
 
 
 async def create_plain(
-    data: OrderCreate, session: SessionDep, inventory: InventoryDep, response: Response
+    data: OrderCreate, session: SessionDep, inventory: InventoryDep, request: Request, response: Response
 ) -> OrderRead:
-    # No key of its own: each call reserves afresh (no inventory is configured in the bench).
-    order = await service.create(session=session, inventory=inventory, data=data, idempotency_key=uuid4().hex)
+    # No key of its own: each call reserves afresh (no inventory is configured in the bench). The
+    # rest as the idempotent route does it: the audit record, and the notify job when configured.
+    order = await service.create(
+        session=session,
+        inventory=inventory,
+        data=data,
+        idempotency_key=uuid4().hex,
+        notify=request.app.state.settings.notify_url is not None,
+    )
     response.headers["Location"] = f"/v1/orders/{order.id}"
     return OrderRead.model_validate(order)
 

@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     # hide_input_in_errors: a rejected DATABASE_URL must not reach a log inside an error message.
     model_config = SettingsConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
 
-    service_name: str = "orders-service"
+    service_name: str = "{{ cookiecutter.project_slug }}"
     environment: str = "development"
 
     host: str = "127.0.0.1"
@@ -199,7 +199,7 @@ class Settings(BaseSettings):
 
     # The OpenTelemetry SDK reads the rest of the standard OTEL_* variables itself
     # (OTEL_TRACES_SAMPLER, OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_HEADERS, ...).
-    otel_service_name: str = "orders-service"
+    otel_service_name: str = "{{ cookiecutter.project_slug }}"
     otel_exporter_otlp_endpoint: str | None = None
     otel_sdk_disabled: bool = False
     # An incoming `traceparent` is continued (false: an edge service starts its own trace and links

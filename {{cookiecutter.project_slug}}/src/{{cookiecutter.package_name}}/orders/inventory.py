@@ -19,7 +19,8 @@ Invalidation. An entry is wrong once stock moves: reservations (ours and other s
 restocks. A 409 from our reservation corrects it at once (`put` of the `available` it reports);
 everything else is bounded by the TTL alone, so a cached count may be STOCK_CACHE_TTL_S old. Too
 high (stock was taken), the reservation refuses: no harm, one call more. Too low (a restock), an
-order that would fit is refused 409 early for up to the TTL: keep it short. Our own successful
+order that would fit is refused 409 early for up to the TTL (and STOCK_CACHE_STALE_S more while
+the reads fail): keep both short. Our own successful
 reservations deliberately do not forget the entry: a hot SKU would then be read on every order.
 """
 

@@ -52,7 +52,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             )
         app.state.inventory = Inventory(
             app.state.upstreams.get("inventory", url),
-            # Reads have their own breaker: failing stock reads must not stop reservations.
+            # Reads have their own breaker: failing stock reads must not open the reservations'.
             reads=app.state.upstreams.get("inventory-stock", url),
             stock=stock,
         )

@@ -23,6 +23,7 @@ from starlette.types import Scope
 
 from {{ cookiecutter.package_name }}.platform import auth
 from {{ cookiecutter.package_name }}.platform.errors import PROBLEM_RESPONSES
+from {{ cookiecutter.package_name }}.platform.errors import ServiceUnavailable
 from {{ cookiecutter.package_name }}.platform.errors import TooManyRequests
 from {{ cookiecutter.package_name }}.platform.metrics import Metrics
 from {{ cookiecutter.package_name }}.platform.ratelimit.store import STORE_ERRORS
@@ -70,9 +71,12 @@ async def current_principal_or_none(
     `require` reuses it), or None for a caller without a valid token, limited per client address,
     so a flood of bad tokens is limited too. The route's authentication still answers its 401."""
     try:
-        return await auth.authenticate(request, credentials)
-    except auth.Unauthorized:
+        principal = await auth.authenticate(request, credentials)
+    except (auth.Unauthorized, ServiceUnavailable):  # the route's own authentication answers
         return None
+    # A fixed principal (development, or AUTH_MODE=none behind a gateway) is everyone: count per
+    # address, or one noisy caller would spend every caller's limit.
+    return None if request.app.state.authenticator.fixed is not None else principal
 
 
 PrincipalDep = Annotated[object | None, Depends(current_principal_or_none)]
