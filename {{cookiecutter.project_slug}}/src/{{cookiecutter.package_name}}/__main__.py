@@ -179,7 +179,10 @@ def _worker_beside(settings: Settings) -> Iterator[None]:
         "PORT": str(settings.port + 1),
         "METRICS_PORT": str(settings.metrics_port + 1),
     }
-    worker = subprocess.Popen([sys.executable, "-m", "{{ cookiecutter.package_name }}", "worker"], env=environment)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "worker"],
+        env=environment,
+    )
     try:
         yield
     finally:

@@ -154,7 +154,14 @@ async def test_a_failing_receiver_is_retried_then_dead_and_rerun_by_command(
             receiver.default = Reply(202)  # the receiver recovers
             rerun = await asyncio.to_thread(
                 subprocess.run,
-                [sys.executable, "-m", "{{ cookiecutter.package_name }}", "jobs", "retry", str(job_id)],
+                [
+                    sys.executable,
+                    "-m",
+                    "{{ cookiecutter.package_name }}",
+                    "jobs",
+                    "retry",
+                    str(job_id),
+                ],
                 cwd=PROJECT,
                 env=os.environ
                 | {
