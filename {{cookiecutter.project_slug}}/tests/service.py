@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextlib import suppress
 
 import httpx
 
@@ -42,6 +44,9 @@ def running(database_url: str, **env: str) -> Iterator[Service]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # Its own process group: with WORKERS > 1 uvicorn's worker processes are killed with it
+        # (killing the parent alone left them running, holding memory and the embedded database).
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -58,6 +63,6 @@ def running(database_url: str, **env: str) -> Iterator[Service]:
             )
         yield Service(process, base, f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
-        if process.poll() is None:
-            process.kill()
+        with suppress(ProcessLookupError):  # nothing left of the group: it exited on its own
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
