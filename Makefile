@@ -30,7 +30,7 @@ demo: bake  ## bake the default service and run it on embedded PostgreSQL
 
 test: .venv/.installed  ## bake every combination; lint and test each bake; run the default one
 	@mkdir -p $(BUILD)  # pytest's --basetemp (pyproject.toml) lives in it
-	.venv/bin/pytest -n 2 $(PYTEST_ARGS)
+	.venv/bin/pytest -n 2 --dist worksteal $(PYTEST_ARGS)
 
 lint: .venv/.installed  ## lint the template's own code (hooks, tests, bench)
 	.venv/bin/ruff check hooks tests bench tools
