@@ -31,12 +31,14 @@ from sqlalchemy import Index
 from sqlalchemy import Text
 from sqlalchemy import func
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
 from {{ cookiecutter.package_name }}.db.base import Base
+from {{ cookiecutter.package_name }}.db.batches import in_batches
 
 log = structlog.get_logger(__name__)
 
@@ -100,10 +102,8 @@ async def purge_expired(engine: AsyncEngine, *, retention_s: float, batch: int =
     """Delete rows older than `retention_s`, `batch` per short transaction, through the database's
     purge_audit_events() (the runtime role cannot DELETE them itself). Returns the rows deleted."""
     statement = text("SELECT purge_audit_events(make_interval(secs => :retention_s), :batch)")
-    deleted = 0
-    while True:
-        async with engine.begin() as connection:
-            count = int(await connection.scalar(statement, {"retention_s": retention_s, "batch": batch}) or 0)
-        deleted += count
-        if count < batch:
-            return deleted
+
+    async def step(connection: AsyncConnection) -> int:
+        return int(await connection.scalar(statement, {"retention_s": retention_s, "batch": batch}) or 0)
+
+    return await in_batches(engine, step, batch=batch)

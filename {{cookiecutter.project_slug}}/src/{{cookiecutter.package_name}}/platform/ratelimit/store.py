@@ -33,6 +33,7 @@ from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
 from {{ cookiecutter.package_name }}.db.base import Base
+from {{ cookiecutter.package_name }}.db.batches import in_batches
 from {{ cookiecutter.package_name }}.db.session import DatabaseUnreachable
 
 log = structlog.get_logger(__name__)
@@ -132,14 +133,12 @@ async def purge_expired(engine: AsyncEngine, *, batch: int = PURGE_BATCH) -> int
     for a request counting its hit (nor for another replica's purge). No index on `expires_at`: it
     would be one more index to write on every new window, and the table holds only the keys of the
     last few windows, which a sequential scan reads quickly. Returns the rows deleted."""
-    deleted = 0
     statement = text(
         "DELETE FROM rate_limits WHERE ctid IN ("
         " SELECT ctid FROM rate_limits WHERE expires_at <= now() LIMIT :batch FOR UPDATE SKIP LOCKED)"
     )
-    while True:
-        async with engine.begin() as connection:
-            count = (await connection.execute(statement, {"batch": batch})).rowcount
-        deleted += count
-        if count < batch:
-            return deleted
+
+    async def step(connection: AsyncConnection) -> int:
+        return (await connection.execute(statement, {"batch": batch})).rowcount
+
+    return await in_batches(engine, step, batch=batch)
