@@ -21,12 +21,13 @@ def ensure(command: str, package: str) -> str | None:
     found = shutil.which(command)
     if found:
         return found
-    if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+    apt_get = shutil.which("apt-get")
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and apt_get:
         print(f"installing {command} from Debian's package {package}", file=sys.stderr)
         quiet = {"capture_output": True, "check": False, "timeout": 600}
-        subprocess.run(["apt-get", "update", "-qq"], **quiet)  # type: ignore[call-overload]
+        subprocess.run([apt_get, "update", "-qq"], **quiet)  # type: ignore[call-overload]
         subprocess.run(  # type: ignore[call-overload]
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
+            [apt_get, "install", "-y", "-qq", "--no-install-recommends", package],
             env=os.environ | {"DEBIAN_FRONTEND": "noninteractive"},
             **quiet,
         )
