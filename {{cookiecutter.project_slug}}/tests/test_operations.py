@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -365,3 +366,47 @@ def test_the_deployment_drains_before_it_is_killed() -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+# A log as `kubectl logs` gives it: JSON lines, and lines that are not JSON (a configuration error
+# printed before logging starts, a traceback).
+LOG = "\n".join(
+    [
+        "configuration error: DB_POOL_SIZE: Input should be a valid integer",
+        '{"event": "unhandled_exception", "request_id": "r1"}',
+        "Traceback (most recent call last):",
+        '{"event": "database_transient_error", "request_id": "<id>"}',
+        '{"event": "circuit_state_changed", "upstream": "inventory"}',
+        '{"event": "token_refused", "reason": "has expired"}',
+        '{"event": "idempotency_conflict"}',
+        '{"level": "info"}',
+    ]
+)
+
+
+def test_the_runbooks_jq_pipelines_skip_lines_that_are_not_json(tmp_path: Path) -> None:
+    jq = DEBIAN_TOOL.ensure("jq", "jq")
+    if jq is None:
+        pytest.skip(DEBIAN_TOOL.missing("jq", "jq"))
+    found = re.findall(r"jq -([cr])R '([^']*)'", RUNBOOK.read_text())
+    programs = [(mode, program) for mode, program in found if "..." not in program]  # not the pattern
+    assert len(programs) >= 6
+    for mode, program in programs:
+        assert program.startswith("fromjson? | "), program
+        result = subprocess.run(
+            [jq, f"-{mode}R", program], input=LOG, capture_output=True, text=True, timeout=30, check=False
+        )
+        assert result.returncode == 0, (program, result.stderr)
+        assert result.stdout.strip(), f"{program} selected nothing from the log"
+        if mode == "c":
+            assert all(isinstance(json.loads(line), dict) for line in result.stdout.splitlines())
+    # Without -R and fromjson?, the first non-JSON line stops jq: what the runbook's form avoids.
+    plain = subprocess.run(
+        [jq, "-c", 'select(.event == "circuit_state_changed")'],
+        input=LOG,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert plain.returncode != 0
