@@ -124,6 +124,8 @@ DEPENDENCIES = frozenset(
 # Free text lands inside Python strings, TOML strings and Markdown: these would break them.
 FREE_TEXT = ("project_name", "description", "owner_team", "oncall_channel")
 _UNSAFE_TEXT = re.compile(r'["\\\x00-\x1f\x7f]|\{[%#{]')
+# Alerts link `<runbook_url_base>#<section>`: an absolute URL a pager can open, without its own anchor.
+RUNBOOK_URL = re.compile(r"^https?://[^\s\"'#<>\\{}|^`]+$")
 
 
 def validate(context: dict[str, Any]) -> list[str]:
@@ -161,6 +163,11 @@ def validate(context: dict[str, Any]) -> list[str]:
             problems.append(f"{field}: {value!r} must be a percentage between 0 and 100, e.g. 99.9")
         if field == "slo_latency_p99_ms" and number <= 0:
             problems.append(f"{field}: {value!r} must be a positive number of milliseconds")
+    url = str(context.get("runbook_url_base", "https://example.com/RUNBOOK.md"))
+    if not RUNBOOK_URL.fullmatch(url):
+        problems.append(
+            f"runbook_url_base: {url!r} must be an absolute http(s) URL without spaces, quotes or a #fragment"
+        )
     return problems
 
 

@@ -11,8 +11,9 @@ import pytest
 
 from tests.conftest import COMBINATIONS, SMOKE_TESTS, make
 
-# Jinja left unrendered; `${{ ... }}` in GitHub workflows is GitHub's own syntax, not residue.
-RESIDUE = re.compile(r"(?<!\$)\{\{|\{%|cookiecutter\.")
+# Jinja left unrendered; `${{ ... }}` in GitHub workflows is GitHub's own syntax, not residue, nor
+# is `{{ $value }}` / `{{ $labels.pod }}` in Prometheus alert annotations (Go templates).
+RESIDUE = re.compile(r"(?<!\$)\{\{(?! \$)|\{%|cookiecutter\.")
 
 
 def _files(project: Path) -> list[Path]:

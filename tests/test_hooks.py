@@ -19,6 +19,7 @@ VALID = {
     "package_name": "orders_service",
     "slo_availability": "99.9",
     "slo_latency_p99_ms": "300",
+    "runbook_url_base": "https://github.com/acme/orders-service/blob/main/RUNBOOK.md",
 }
 
 INVALID = [
@@ -44,6 +45,12 @@ INVALID = [
     ("slo_availability", "100", "slo_availability: '100' must be a percentage between 0 and 100"),
     ("slo_latency_p99_ms", "fast", "slo_latency_p99_ms: 'fast' must be a number"),
     ("slo_latency_p99_ms", "-5", "slo_latency_p99_ms: '-5' must be a positive number"),
+    ("runbook_url_base", "RUNBOOK.md", "runbook_url_base: 'RUNBOOK.md' must be an absolute http(s) URL"),
+    (
+        "runbook_url_base",
+        "https://wiki.example.com/runbook#top",
+        "runbook_url_base: 'https://wiki.example.com/runbook#top' must be an absolute",
+    ),
 ]
 
 

@@ -139,6 +139,25 @@ async def test_it_recovers_through_half_open_with_a_bounded_number_of_probes(
         assert target.breaker.state == "closed"
 
 
+async def test_the_gauge_reads_half_open_once_the_break_is_over_even_without_a_call(
+    client: httpx.AsyncClient,
+) -> None:
+    """An upstream that recovered while nobody called it must not keep the circuit reading open
+    (and CircuitBreakerOpen filing its ticket) until the next call."""
+    clock = Clock()
+    async with ScriptedUpstream(default=FAIL) as server:
+        target = upstream(server.url, client, clock)
+        for _ in range(default("breaker_fail_max")):
+            await call(target)
+        assert gauge(target) == 2
+        clock.now += default("breaker_reset_timeout_s") + 0.1
+        assert gauge(target) == 1  # no call came: the next one would be a trial
+        assert target.breaker.state == "open"  # pybreaker's own state moves on the next call
+        server.default = OK
+        assert await call(target) == 200
+        assert gauge(target) == 0
+
+
 async def test_a_slow_call_ratio_opens_it_when_set(client: httpx.AsyncClient) -> None:
     clock = Clock()
     async with ScriptedUpstream(default=Reply(200, {"ok": True}, delay_s=0.06)) as server:

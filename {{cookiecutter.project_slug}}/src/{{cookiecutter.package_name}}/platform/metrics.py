@@ -18,6 +18,7 @@ Metric names follow Prometheus conventions; the runbook and the alert rules use 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from collections.abc import Iterator
 from wsgiref.simple_server import WSGIServer
 
@@ -145,12 +146,11 @@ class Metrics:
             ["cache", "result"],
             registry=self.registry,
         )
-        self.breaker_state = Gauge(
-            "circuit_breaker_state",
-            "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open.",
-            ["upstream"],
-            registry=self.registry,
-        )
+        # Circuit breakers report the state a call arriving now would meet, read at scrape time
+        # (platform/resilience/breaker.py): an open circuit whose break is over reads half-open
+        # even when no call has come to move it.
+        self._breakers: dict[str, Callable[[], int]] = {}
+        self.registry.register(_BreakerCollector(self._breakers))
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         # The labelled children, cached: `labels()` costs a lock and a tuple of strings per call,
@@ -164,6 +164,10 @@ class Metrics:
             )
         children[0].inc()
         children[1].observe(seconds)
+
+    def watch_breaker(self, upstream: str, state: Callable[[], int]) -> None:
+        """Report `state()` (0 closed, 1 half-open, 2 open) as circuit_breaker_state{upstream}."""
+        self._breakers[upstream] = state
 
     def watch_pool(self, engine: AsyncEngine) -> None:
         self.registry.register(_PoolCollector(engine))
@@ -205,3 +209,18 @@ class _PoolCollector(Collector):
         }
         for name, (documentation, value) in gauges.items():
             yield GaugeMetricFamily(name, documentation, value=value)
+
+
+class _BreakerCollector(Collector):
+    def __init__(self, breakers: dict[str, Callable[[], int]]) -> None:
+        self._breakers = breakers
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "circuit_breaker_state",
+            "Circuit breaker state per upstream: 0 closed, 1 half-open (a call now would be a trial), 2 open.",
+            labels=["upstream"],
+        )
+        for upstream, state in list(self._breakers.items()):
+            family.add_metric([upstream], state())
+        yield family

@@ -1,7 +1,11 @@
 """A circuit breaker per upstream: pybreaker's state machine, opened on a failure ratio.
 
-pybreaker keeps the state (closed, open, half-open), its listeners (the `circuit_breaker_state`
-gauge and the `circuit_state_changed` log line) and its storage. What it cannot do, this adapter
+pybreaker keeps the state (closed, open, half-open), its listeners (the `circuit_state_changed`
+log line) and its storage. The `circuit_breaker_state` gauge is read when Prometheus scrapes
+(`reported_state`): pybreaker leaves an open circuit open until the next call, so a gauge set on
+transitions would say "open" for hours after the upstream recovered if no call came; at scrape
+time an open circuit whose `BREAKER_RESET_TIMEOUT_S` is over reads half-open, which is what the
+next call meets (a trial). What it cannot do, this adapter
 adds: pybreaker opens on `fail_max` consecutive failures only, so an upstream failing every other
 call never opens it; here the circuit also opens when, over the last `BREAKER_SAMPLING_S`, at least
 `BREAKER_MIN_THROUGHPUT` calls were seen and `BREAKER_FAILURE_RATIO` of them failed (or, when
@@ -26,7 +30,6 @@ from collections.abc import Callable
 import pybreaker
 import structlog
 
-from {{ cookiecutter.package_name }}.platform.metrics import Metrics
 from {{ cookiecutter.package_name }}.platform.resilience.errors import CircuitOpen
 from {{ cookiecutter.package_name }}.platform.resilience.window import Window
 
@@ -36,10 +39,7 @@ BREAKER_STATES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybre
 
 
 class StateChanges(pybreaker.CircuitBreakerListener):
-    """Every transition, logged and set on the `circuit_breaker_state` gauge."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
+    """Every transition, logged."""
 
     def state_change(
         self,
@@ -53,7 +53,6 @@ class StateChanges(pybreaker.CircuitBreakerListener):
             from_state=old_state.name if old_state else None,
             to_state=new_state.name,
         )
-        self.metrics.breaker_state.labels(cb.name).set(BREAKER_STATES[new_state.name])
 
 
 class Breaker:
@@ -104,6 +103,14 @@ class Breaker:
         if self._opened_at is None:
             return 0.0
         return max(0.0, self.breaker.reset_timeout - (self.clock() - self._opened_at))
+
+    def reported_state(self) -> int:
+        """0 closed, 1 half-open, 2 open: the state a call arriving now meets. An open circuit whose
+        break is over admits a trial, so it reads half-open (1) without waiting for that call."""
+        state = self.state
+        if state == pybreaker.STATE_OPEN and self.open_for() == 0:
+            return BREAKER_STATES[pybreaker.STATE_HALF_OPEN]
+        return BREAKER_STATES[state]
 
     def admit(self) -> bool:
         """Admit a call or raise `CircuitOpen`; True when the call is a half-open probe."""

@@ -101,10 +101,10 @@ class Upstream:
             half_open_probes=settings.breaker_half_open_probes,
             slow_call_ratio=settings.breaker_slow_call_ratio,
             slow_call_s=settings.breaker_slow_call_s,
-            listeners=[StateChanges(metrics)],
+            listeners=[StateChanges()],
             clock=clock,
         )
-        metrics.breaker_state.labels(name).set(0)
+        metrics.watch_breaker(name, self.breaker.reported_state)
         self._jitter = wait_random_exponential(
             multiplier=settings.http_retry_backoff_s, max=settings.http_retry_max_wait_s
         )
