@@ -172,30 +172,34 @@ LOCKED = f"{TEST_DATABASE}_migrate_lock"
 async def _two_runs_behind_the_lock(url: str, command: list[str], env: dict[str, str], logs: Path) -> None:
     key = migrations.lock_key(env["SERVICE_NAME"])
     engine = create_async_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    runs: list[subprocess.Popen[bytes]] = []
+    runs: list[asyncio.subprocess.Process] = []
+    log_files = [logs / f"run{n}.log" for n in range(2)]
     try:
         async with engine.connect() as holder:
             await holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
-            for n in range(2):
-                with (logs / f"run{n}.log").open("wb") as out:
-                    runs.append(subprocess.Popen(command, cwd=PROJECT, env=env, stdout=out, stderr=out))
+            for log_file in log_files:
+                with log_file.open("wb") as out:
+                    runs.append(
+                        await asyncio.create_subprocess_exec(
+                            *command, cwd=PROJECT, env=env, stdout=out, stderr=out
+                        )
+                    )
             deadline = asyncio.get_running_loop().time() + 90
-            while not all("migration_lock_waiting" in (logs / f"run{n}.log").read_text() for n in range(2)):
-                assert all(run.poll() is None for run in runs), "a run exited without waiting for the lock"
+            while not all("migration_lock_waiting" in log_file.read_text() for log_file in log_files):
+                assert all(run.returncode is None for run in runs), "a run exited without waiting"
                 assert asyncio.get_running_loop().time() < deadline, "the runs never waited for the lock"
                 await asyncio.sleep(0.1)
             # Both wait, and neither has touched the schema.
             assert await holder.scalar(text("SELECT to_regclass('alembic_version')")) is None
             await holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
         for run in runs:
-            assert await asyncio.to_thread(run.wait, 120) == 0, (logs / "run0.log").read_text() + (
-                logs / "run1.log"
-            ).read_text()
+            status = await asyncio.wait_for(run.wait(), 120)
+            assert status == 0, "\n".join(log_file.read_text() for log_file in log_files)
     finally:
         for run in runs:
-            if run.poll() is None:
+            if run.returncode is None:
                 run.kill()
-                run.wait()
+                await run.wait()
         await engine.dispose()
 
 
@@ -221,6 +225,8 @@ async def _versions(url: str) -> frozenset[str]:
     engine = create_async_engine(url, poolclass=NullPool)
     try:
         async with engine.connect() as connection:
-            return frozenset((await connection.scalars(text("SELECT version_num FROM alembic_version"))).all())
+            return frozenset(
+                (await connection.scalars(text("SELECT version_num FROM alembic_version"))).all()
+            )
     finally:
         await engine.dispose()

@@ -148,10 +148,13 @@ async def migration_lock(engine: AsyncEngine, service_name: str) -> AsyncIterato
     async with engine.connect() as connection:
         connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
         try_lock = text("SELECT pg_try_advisory_lock(:key)")
-        if not await connection.scalar(try_lock, {"key": key}):
-            log.warning("migration_lock_waiting", key=key, reason="another migrate run holds it")
-            while not await connection.scalar(try_lock, {"key": key}):
-                await asyncio.sleep(LOCK_POLL_S)
+        waited = False
+        while not await connection.scalar(try_lock, {"key": key}):
+            if not waited:
+                log.warning("migration_lock_waiting", key=key, reason="another migrate run holds it")
+                waited = True
+            await asyncio.sleep(LOCK_POLL_S)
+        if waited:
             log.info("migration_lock_acquired", key=key)
         try:
             yield
