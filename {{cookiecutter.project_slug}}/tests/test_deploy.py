@@ -23,6 +23,8 @@ from tests.manifests import kustomize_command
 from tests.manifests import manifest
 from tests.manifests import render
 
+SLUG = "{{ cookiecutter.project_slug }}"
+
 # What the code opens beside the pools (db/session.py, db/migrations.py, migrations/env.py):
 # /ready's pool-less probe engine, one connection at a time per server process (probes share a
 # check in flight); the migrate command's lock session and one lock-retry attempt's session.
@@ -121,19 +123,19 @@ def test_one_release_reaches_the_service_and_its_migration(tmp_path: Path) -> No
     [configmap] = [d for d in service if d["kind"] == "ConfigMap"]
     assert [d for d in migration if d["kind"] == "ConfigMap"] == [configmap]
     name = configmap["metadata"]["name"]
-    assert name.startswith("{{ cookiecutter.project_slug }}-config-")
+    assert name.startswith(f"{SLUG}-config-")
     pods = _pods(service) | _pods(migration)
     assert set(pods) == {
-        "{{ cookiecutter.project_slug }}",
-        "{{ cookiecutter.project_slug }}-worker",
-        "{{ cookiecutter.project_slug }}-migrate",
+        SLUG,
+        f"{SLUG}-worker",
+        f"{SLUG}-migrate",
     }
     images = set()
     for pod in pods.values():
         [container] = pod["spec"]["containers"]
         images.add(container["image"])
         assert {s["configMapRef"]["name"] for s in container["envFrom"] if "configMapRef" in s} == {name}
-        assert pod["metadata"]["labels"]["app.kubernetes.io/part-of"] == "{{ cookiecutter.project_slug }}"
+        assert pod["metadata"]["labels"]["app.kubernetes.io/part-of"] == SLUG
     assert len(images) == 1, images
     assert images != {"app"}  # kustomize's images: replaced the placeholder
     # The Service and the PodDisruptionBudget select the server's pods, never the worker's or the Job's.
@@ -142,7 +144,7 @@ def test_one_release_reaches_the_service_and_its_migration(tmp_path: Path) -> No
         selector = selecting["spec"]["selector"]
         selector = selector.get("matchLabels", selector)
         chosen = {n for n, pod in pods.items() if selector.items() <= pod["metadata"]["labels"].items()}
-        assert chosen == {"{{ cookiecutter.project_slug }}"}, kind
+        assert chosen == {SLUG}, kind
 
     copy = tmp_path / "k8s"
     shutil.copytree(K8S, copy)
@@ -212,9 +214,9 @@ def test_the_network_policies_admit_the_gateway_and_the_scraper_only() -> None:
     policies = {p["metadata"]["name"]: p["spec"] for p in documents("networkpolicy.yaml")}
     policies |= {p["metadata"]["name"]: p["spec"] for p in documents("migrate/networkpolicy.yaml")}
     workloads = {
-        "{{ cookiecutter.project_slug }}": manifest("deployment.yaml"),
-        "{{ cookiecutter.project_slug }}-worker": manifest("worker.yaml"),
-        "{{ cookiecutter.project_slug }}-migrate": manifest("migrate/job.yaml"),
+        SLUG: manifest("deployment.yaml"),
+        f"{SLUG}-worker": manifest("worker.yaml"),
+        f"{SLUG}-migrate": manifest("migrate/job.yaml"),
     }
     assert set(policies) == set(workloads)
     for name, policy in policies.items():
@@ -228,9 +230,9 @@ def test_the_network_policies_admit_the_gateway_and_the_scraper_only() -> None:
         assert ingress <= named - {"health"}, name
         egress = {(port["protocol"], port["port"]) for rule in policy["egress"] for port in rule["ports"]}
         assert {("UDP", 53), ("TCP", 53), ("TCP", 5432)} <= egress, name
-        if name != "{{ cookiecutter.project_slug }}-migrate":
+        if name != f"{SLUG}-migrate":
             assert {("TCP", 4317), ("TCP", 4318), ("TCP", 443)} <= egress, name
-    assert {p["port"] for r in policies["{{ cookiecutter.project_slug }}"]["ingress"] for p in r["ports"]} == {
+    assert {p["port"] for r in policies[SLUG]["ingress"] for p in r["ports"]} == {
         "http",
         "metrics",
     }
