@@ -13,6 +13,9 @@ What is applied stays applied (a transaction per revision), so an attempt resume
 stopped. When the next attempt and its sleep would pass `MIGRATION_LOCK_BUDGET_S` (time spent
 waiting on locks and sleeping), the run stops with a message saying what to look for. Every session
 also sets `statement_timeout` (`MIGRATION_STATEMENT_TIMEOUT_S`); offline SQL sets both, at the cap.
+
+All attempts run under the service's migration lock (`migration_lock` in db/migrations.py, a
+session-level advisory lock on a connection of its own): two runs at once never race.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import random
 import sys
-import time
 
 from alembic import context
 from sqlalchemy import Connection
@@ -29,6 +31,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from {{ cookiecutter.package_name }} import domains
+from {{ cookiecutter.package_name }}.db import migrations
 from {{ cookiecutter.package_name }}.db.base import Base
 
 # The platform's own models (audit trail, idempotency records, rate limit windows); domains are
@@ -138,10 +141,25 @@ async def _attempt(settings: Settings, lock_timeout_s: float) -> None:
 
 
 def run_online(settings: Settings) -> None:
+    asyncio.run(_run_online(settings))
+
+
+async def _run_online(settings: Settings) -> None:
+    """The attempts, under the service's migration lock (db/migrations.py): a second run started
+    meanwhile waits for this one, then finds the schema at its heads."""
+    engine = create_async_engine(_url(settings), poolclass=NullPool)
+    try:
+        async with migrations.migration_lock(engine, settings.service_name):
+            await _attempts(settings)
+    finally:
+        await engine.dispose()
+
+
+async def _attempts(settings: Settings) -> None:
     schedule = lock_schedule(settings)
     for attempt, (lock_timeout, sleep) in enumerate(schedule, start=1):
         try:
-            asyncio.run(_attempt(settings, lock_timeout))
+            await _attempt(settings, lock_timeout)
             return
         except DBAPIError as exc:
             if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
@@ -160,7 +178,7 @@ def run_online(settings: Settings) -> None:
                 f"retrying in {sleep:.1f}s",
                 file=sys.stderr,
             )
-            time.sleep(sleep)
+            await asyncio.sleep(sleep)
 
 
 if context.is_offline_mode():

@@ -142,6 +142,11 @@ CONFLICTS = [
         "HTTP_RETRY_ATTEMPTS - 1 (5) waits of HTTP_RETRY_MAX_WAIT_S (2) must be shorter than REQUEST_TIMEOUT_S (10)",
     ),
     ({"DB_POOL_TIMEOUT_S": "10"}, "DB_POOL_TIMEOUT_S must be shorter than REQUEST_TIMEOUT_S"),
+    (
+        {"DB_POOL_SIZE": "40", "DB_MAX_OVERFLOW": "10", "DATABASE_MAX_CONNECTIONS": "53"},
+        "DB_POOL_SIZE + DB_MAX_OVERFLOW + 1 for /ready (51) must fit DATABASE_MAX_CONNECTIONS (53) "
+        "less superuser_reserved_connections (3)",
+    ),
 ]
 
 

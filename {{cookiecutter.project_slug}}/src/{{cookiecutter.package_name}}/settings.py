@@ -39,6 +39,8 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 
 # The async driver the service speaks; a plain `postgresql://` URL is rewritten to it.
 ASYNC_DRIVER = "postgresql+asyncpg"
+# PostgreSQL's default: connections only a superuser may open, out of max_connections.
+SUPERUSER_RESERVED_CONNECTIONS = 3
 
 
 class Settings(BaseSettings):
@@ -84,6 +86,10 @@ class Settings(BaseSettings):
 
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_max_overflow: int = Field(default=5, ge=0, le=200)
+    # The connection budget: the database server's `max_connections` (PostgreSQL's default, 100),
+    # which every replica's pool, the worker's and the migrate Job share (deploy/k8s/release/config.env
+    # does the arithmetic; RUNBOOK "Connections exhausted"). One process must fit it on its own.
+    database_max_connections: int = Field(default=100, ge=4, le=262_143)
     db_pool_timeout_s: PositiveSeconds = 2.0
     db_connect_timeout_s: PositiveSeconds = 3.0
     db_statement_timeout_s: PositiveSeconds = 5.0
@@ -320,6 +326,19 @@ class Settings(BaseSettings):
         if self.job_lease_s <= self.job_timeout_s:
             # A live worker's job must not be taken over, and run twice, while it still runs.
             raise ValueError("JOB_LEASE_S must be longer than JOB_TIMEOUT_S")
+        return self
+
+    @model_validator(mode="after")
+    def _pool_fits_the_database(self) -> Settings:
+        # The pool, its overflow and /ready's own connection; PostgreSQL keeps
+        # superuser_reserved_connections (3 by default) for superusers.
+        wanted = self.db_pool_size + self.db_max_overflow + 1
+        if wanted > self.database_max_connections - SUPERUSER_RESERVED_CONNECTIONS:
+            raise ValueError(
+                f"DB_POOL_SIZE + DB_MAX_OVERFLOW + 1 for /ready ({wanted}) must fit DATABASE_MAX_CONNECTIONS "
+                f"({self.database_max_connections}) less superuser_reserved_connections "
+                f"({SUPERUSER_RESERVED_CONNECTIONS})"
+            )
         return self
 
     @model_validator(mode="after")

@@ -21,6 +21,7 @@ from sqlalchemy import inspect
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from {{ cookiecutter.package_name }}.db import migrations
 
@@ -163,3 +164,69 @@ def test_the_migrate_command_downgrades_to_a_revision_and_back(scratch_url: str)
     assert run(command).returncode == 0
     assert asyncio.run(_schema(scratch_url))  # back at head
     assert migrations.expected_heads(MIGRATIONS) == frozenset(heads)
+
+
+LOCKED = f"{TEST_DATABASE}_migrate_lock"
+
+
+async def _two_runs_behind_the_lock(url: str, command: list[str], env: dict[str, str], logs: Path) -> None:
+    key = migrations.lock_key(env["SERVICE_NAME"])
+    engine = create_async_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    runs: list[asyncio.subprocess.Process] = []
+    log_files = [logs / f"run{n}.log" for n in range(2)]
+    try:
+        async with engine.connect() as holder:
+            await holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            for log_file in log_files:
+                with log_file.open("wb") as out:
+                    runs.append(
+                        await asyncio.create_subprocess_exec(
+                            *command, cwd=PROJECT, env=env, stdout=out, stderr=out
+                        )
+                    )
+            deadline = asyncio.get_running_loop().time() + 90
+            while not all("migration_lock_waiting" in log_file.read_text() for log_file in log_files):
+                assert all(run.returncode is None for run in runs), "a run exited without waiting"
+                assert asyncio.get_running_loop().time() < deadline, "the runs never waited for the lock"
+                await asyncio.sleep(0.1)
+            # Both wait, and neither has touched the schema.
+            assert await holder.scalar(text("SELECT to_regclass('alembic_version')")) is None
+            await holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+        for run in runs:
+            status = await asyncio.wait_for(run.wait(), 120)
+            assert status == 0, "\n".join(log_file.read_text() for log_file in log_files)
+    finally:
+        for run in runs:
+            if run.returncode is None:
+                run.kill()
+                await run.wait()
+        await engine.dispose()
+
+
+def test_two_migrate_runs_at_once_take_turns(server_url: URL, tmp_path: Path) -> None:
+    """Two `migrate` commands at once (a retried Job beside the first pod): the second waits for the
+    advisory lock, then finds the schema at its heads; neither fails on the other's tables, and the
+    one waiting does not deadlock the other's CREATE INDEX CONCURRENTLY. The test holds the lock
+    itself first, so both are seen waiting before either can migrate."""
+    asyncio.run(recreate(server_url, LOCKED))
+    url = server_url.set(database=LOCKED).render_as_string(hide_password=False)
+    env = {name: value for name, value in os.environ.items() if name != "DATABASE_URL"} | {
+        "MIGRATION_DATABASE_URL": url,
+        "MIGRATIONS_DIR": str(MIGRATIONS),
+        "SERVICE_NAME": "migrate-lock-test",
+        "LOG_LEVEL": "INFO",
+    }
+    command = [sys.executable, "-m", "{{ cookiecutter.package_name }}", "migrate"]
+    asyncio.run(_two_runs_behind_the_lock(url, command, env, tmp_path))
+    assert asyncio.run(_versions(url)) == migrations.expected_heads(MIGRATIONS)
+
+
+async def _versions(url: str) -> frozenset[str]:
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as connection:
+            return frozenset(
+                (await connection.scalars(text("SELECT version_num FROM alembic_version"))).all()
+            )
+    finally:
+        await engine.dispose()

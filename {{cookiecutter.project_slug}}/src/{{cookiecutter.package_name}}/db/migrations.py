@@ -7,18 +7,36 @@ The chain has two branches off `0002_idempotency_keys`: the platform's revisions
 `platform_revision = True`, each revising the previous platform one, so a template update adds to
 its own branch) and the service's own. Both are applied together (`heads`, never `head`);
 `domain_heads` says what a new revision of the service revises (`make migration`).
+
+One run at a time: `migrations/env.py` holds `migration_lock` (a session-level PostgreSQL advisory
+lock, its key derived from SERVICE_NAME) for the whole run, so two `migrate` runs started together
+(a Job retried while the first pod still runs, a developer beside the pipeline) never race: the
+second waits, logging `migration_lock_waiting`, then finds the schema at its heads and does nothing.
 """
 
 from __future__ import annotations
 
 import ast
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import structlog
+from sqlalchemy import text
 
 from {{ cookiecutter.package_name }}.settings import Settings
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+log = structlog.get_logger(__name__)
+
+# How often a run waiting for another's migration lock asks again; a migration takes seconds at least.
+LOCK_POLL_S = 0.5
 
 
 def alembic_config(migrations_dir: Path, url: str | None = None, settings: Settings | None = None) -> Config:
@@ -103,3 +121,42 @@ def downgrade(migrations_dir: Path, url: str, revision: str, settings: Settings 
     from alembic import command
 
     command.downgrade(alembic_config(migrations_dir, url, settings), revision)
+
+
+def lock_key(service_name: str) -> int:
+    """The advisory lock's key: fixed for a service (every release, every replica of the Job), and
+    not another service's when several share a database. A signed bigint, as PostgreSQL takes it;
+    `pg_locks` shows it split in two: `classid` (high 32 bits) and `objid` (low 32 bits)."""
+    digest = hashlib.sha256(f"migrate:{service_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@asynccontextmanager
+async def migration_lock(engine: AsyncEngine, service_name: str) -> AsyncIterator[None]:
+    """Hold the service's migration lock on a session of its own for the whole run.
+
+    Its own session, not a migration attempt's: each attempt is a fresh session with a short
+    `lock_timeout` (env.py), and a session-level lock outlives the attempts' transactions.
+
+    Polled with `pg_try_advisory_lock`, never waited for in `pg_advisory_lock`: a session blocked in
+    that statement holds a snapshot, and `CREATE INDEX CONCURRENTLY` in the first run's migration
+    waits for every older snapshot, so the first run would wait for the second, which waits for the
+    first: a deadlock PostgreSQL cannot see (the lock and the index build are on different sessions).
+    The wait is unbounded: the other run is bounded by its own timeouts and the Job by its
+    `activeDeadlineSeconds`. If a process dies, PostgreSQL ends its session and frees the lock."""
+    key = lock_key(service_name)
+    async with engine.connect() as connection:
+        connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        try_lock = text("SELECT pg_try_advisory_lock(:key)")
+        waited = False
+        while not await connection.scalar(try_lock, {"key": key}):
+            if not waited:
+                log.warning("migration_lock_waiting", key=key, reason="another migrate run holds it")
+                waited = True
+            await asyncio.sleep(LOCK_POLL_S)
+        if waited:
+            log.info("migration_lock_acquired", key=key)
+        try:
+            yield
+        finally:
+            await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
