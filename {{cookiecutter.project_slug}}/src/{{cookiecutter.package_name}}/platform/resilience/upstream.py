@@ -283,12 +283,20 @@ class Upstreams:
     """The upstreams of this process, one breaker and budget each, made on first use."""
 
     def __init__(
-        self, client: httpx.AsyncClient, *, settings: Settings, metrics: Metrics, tracer: trace.Tracer
+        self,
+        client: httpx.AsyncClient,
+        *,
+        settings: Settings,
+        metrics: Metrics,
+        tracer: trace.Tracer,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.settings = settings
         self.metrics = metrics
         self.tracer = tracer
+        # The breakers' clock: a test moves it past a reset timeout instead of waiting one out.
+        self.clock = clock
         self._by_name: dict[str, Upstream] = {}
 
     def get(self, name: str, base_url: str) -> Upstream:
@@ -301,6 +309,7 @@ class Upstreams:
                 settings=self.settings,
                 metrics=self.metrics,
                 tracer=self.tracer,
+                clock=self.clock,
             )
             self._by_name[name] = upstream
         return upstream
