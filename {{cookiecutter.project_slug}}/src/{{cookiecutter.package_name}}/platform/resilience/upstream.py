@@ -30,6 +30,8 @@ import time
 from collections.abc import Awaitable
 from collections.abc import Callable
 from collections.abc import Mapping
+from datetime import UTC
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -82,6 +84,7 @@ class Upstream:
         tracer: trace.Tracer,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
@@ -90,6 +93,8 @@ class Upstream:
         self.metrics = metrics
         self.tracer = tracer
         self.sleep = sleep
+        # The wall clock an HTTP-date Retry-After is read against (`clock` is the breakers' monotonic one).
+        self.now = now
         self.budget = RetryBudget(settings.http_retry_budget_ratio)
         self.breaker = Breaker(
             name,
@@ -227,7 +232,8 @@ class Upstream:
                 self.breaker.failed(probe, took)
                 span.set_status(Status(StatusCode.ERROR, str(status)))
                 self._observe(started, str(status))
-                raise FailedStatus(response, parse_retry_after(response.headers.get("retry-after")))
+                retry_after = parse_retry_after(response.headers.get("retry-after"), now=self.now())
+                raise FailedStatus(response, retry_after)
             self.breaker.succeeded(probe, took)
             self._observe(started, str(status))
             self.metrics.upstream_calls.labels(self.name, "ok").inc()
