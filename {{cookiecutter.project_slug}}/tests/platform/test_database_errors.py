@@ -269,10 +269,10 @@ async def test_pooled_connections_killed_between_requests_cost_at_most_one_503(
         assert [response.status_code for response in warm] == [200] * 3
         pids = {app.state.signals.backend_pids.get_nowait() for _ in range(3)}
         async with admin.begin() as connection:
-            killed = await connection.scalar(
-                text("SELECT count(*) FROM unnest(CAST(:pids AS int[])) AS pid WHERE pg_terminate_backend(pid)"),
-                {"pids": list(pids)},
+            terminate = (
+                "SELECT count(*) FROM unnest(CAST(:pids AS int[])) AS pid WHERE pg_terminate_backend(pid)"
             )
+            killed = await connection.scalar(text(terminate), {"pids": list(pids)})
         assert killed == len(pids) == 3
 
         answers = [await client.get("/rows") for _ in range(6)]
