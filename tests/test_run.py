@@ -111,8 +111,10 @@ def test_make_run_serves_health_and_ready_on_a_real_port(baked: dict[str, Path])
 
     # Every line is the service's JSON but make's own echo of the recipe it runs (what `make -n`
     # prints is make's, not the service's): a plain-text line from the service fails here.
-    dry_run = ["make", "--no-print-directory", "-n", "run"]
-    echoed = set(subprocess.run(dry_run, cwd=project, capture_output=True, text=True, check=True).stdout.splitlines())
+    dry_run = subprocess.run(
+        ["make", "--no-print-directory", "-n", "run"], cwd=project, capture_output=True, text=True, check=True
+    )
+    echoed = set(dry_run.stdout.splitlines())
     lines = [line for line in output.splitlines() if line not in echoed]
     plain = [line for line in lines if not line.startswith("{")]
     assert plain == [], f"lines that are not JSON: {plain[:5]}"
