@@ -27,6 +27,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -119,6 +120,15 @@ async def scrape(app: FastAPI) -> str:
         response = await client.get(f"http://127.0.0.1:{app.state.metrics_port}/metrics", timeout=5)
     response.raise_for_status()
     return response.text
+
+
+def sample(exposition: str, name: str, **labels: str) -> float | None:
+    """One sample's value in a scrape (`scrape`'s text), parsed as Prometheus does; None when absent."""
+    for family in text_string_to_metric_families(exposition):
+        for found in family.samples:
+            if found.name == name and found.labels == labels:
+                return float(found.value)
+    return None
 
 
 @asynccontextmanager

@@ -26,7 +26,8 @@ class Service:
 
 
 @contextmanager
-def running(database_url: str, **env: str) -> Iterator[Service]:
+def running(database_url: str, *, command: list[str] | None = None, **env: str) -> Iterator[Service]:
+    """`command` replaces `python -m <package> serve` (a launcher that adds a test-only route)."""
     port, metrics_port = closed_port(), closed_port()
     variables = os.environ | {
         "DATABASE_URL": database_url,
@@ -38,7 +39,7 @@ def running(database_url: str, **env: str) -> Iterator[Service]:
         "MAX_CONCURRENT_REQUESTS": "1000",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve"],
+        command or [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve"],
         cwd=PROJECT,
         env=variables | env,
         stdout=subprocess.DEVNULL,

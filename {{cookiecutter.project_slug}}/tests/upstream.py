@@ -22,6 +22,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     hang: bool = False  # never answer
+    # Answer only once the test sets it: a call held in flight for exactly as long as the test needs.
+    gate: asyncio.Event | None = None
     undeclared: bool = False  # no Content-Length: the body ends when the connection closes
 
 
@@ -41,6 +43,7 @@ class ScriptedUpstream:
         # play two endpoints that fail independently.
         self.routes: dict[str, Reply] = {}
         self.received: list[Received] = []
+        self._arrivals = asyncio.Condition()
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self.port = 0
@@ -48,6 +51,11 @@ class ScriptedUpstream:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    async def arrival(self, count: int, timeout_s: float = 10.0) -> None:
+        """Return once `count` requests have reached this server (an event for the test to wait on)."""
+        async with asyncio.timeout(timeout_s), self._arrivals:
+            await self._arrivals.wait_for(lambda: len(self.received) >= count)
 
     def then(self, *replies: Reply) -> ScriptedUpstream:
         self.script.extend(replies)
@@ -81,10 +89,14 @@ class ScriptedUpstream:
             body = await reader.readexactly(int(headers.get("content-length", "0")))
             parsed = json.loads(body) if body else None
             self.received.append(Received(request_line[0], request_line[1], headers, parsed))
+            async with self._arrivals:
+                self._arrivals.notify_all()
             routed = [reply for prefix, reply in self.routes.items() if request_line[1].startswith(prefix)]
             reply = routed[0] if routed else self.script.popleft() if self.script else self.default
             if reply.hang:
                 await asyncio.sleep(3600)
+            if reply.gate is not None:
+                await reply.gate.wait()
             await asyncio.sleep(reply.delay_s)
             answer = json.dumps(reply.body).encode() if reply.body is not None else b""
             head = [f"HTTP/1.1 {reply.status} X", "connection: close"]

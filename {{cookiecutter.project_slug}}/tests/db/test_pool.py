@@ -14,11 +14,12 @@ from tests.conftest import serving
 
 async def test_an_exhausted_pool_answers_503_instead_of_hanging(database_url: URL) -> None:
     app = create_app(make_settings(database_url, db_pool_size=1, db_max_overflow=0, db_pool_timeout_s=0.2))
-    release = asyncio.Event()
+    holding, release = asyncio.Event(), asyncio.Event()
 
     @app.get("/hold")
     async def hold(session: SessionDep) -> dict[str, str]:
         await session.execute(text("SELECT 1"))  # takes the only connection
+        holding.set()
         await release.wait()
         return {}
 
@@ -28,7 +29,7 @@ async def test_an_exhausted_pool_answers_503_instead_of_hanging(database_url: UR
 
     async with serving(app) as client:
         holder = asyncio.create_task(client.get("/hold"))
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(holding.wait(), 10)  # the only connection is taken
         response = await asyncio.wait_for(client.get("/query"), timeout=5)
         release.set()
         assert (await holder).status_code == 200

@@ -133,7 +133,7 @@ async def test_idempotent_posts_hold_no_connection_while_the_upstream_answers(co
                 )
                 for n in range(8)
             ]
-            await asyncio.sleep(0.2)  # every POST is now waiting on the inventory service
+            await inventory.arrival(8)  # every POST is now waiting on the inventory service
             began = time.monotonic()
             read = await client.get("/v1/orders")
             read_took = time.monotonic() - began

@@ -140,17 +140,20 @@ async def test_the_breaker_gauge_reads_2_open_1_half_open_0_closed(
     )
     inventory.default = Reply(503)
     order = {"sku": "SKU-1", "quantity": 1}
+    gate = asyncio.Event()
     async with serving(app) as client:
         for key in (uuid.uuid4().hex, uuid.uuid4().hex):
             await client.post("/v1/orders", json=order, headers={"Idempotency-Key": key})
         assert _gauge(await scrape(app)) == 2
-        await asyncio.sleep(0.35)  # the break ends; the next call is a probe
-        inventory.default = Reply(201, {"reserved": True}, delay_s=0.5)
+        await asyncio.sleep(0.35)  # the break ends (waiting longer only helps); the next call is a probe
+        inventory.default = Reply(201, {"reserved": True}, gate=gate)
+        reached = len(inventory.received)
         probe = asyncio.create_task(
             client.post("/v1/orders", json=order, headers={"Idempotency-Key": uuid.uuid4().hex})
         )
-        await asyncio.sleep(0.2)
+        await inventory.arrival(reached + 1)  # the probe is at the inventory, held there
         assert _gauge(await scrape(app)) == 1
+        gate.set()
         assert (await probe).status_code == 201
         assert _gauge(await scrape(app)) == 0
 

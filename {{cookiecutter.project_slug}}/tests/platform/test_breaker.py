@@ -121,14 +121,16 @@ async def test_it_recovers_through_half_open_with_a_bounded_number_of_probes(
         assert await call(target) == -1  # the break is not over
 
         clock.now += 0.2
-        server.default = Reply(200, {"ok": True}, delay_s=0.2)
+        gate = asyncio.Event()
+        server.default = Reply(200, {"ok": True}, gate=gate)
         probes = [asyncio.create_task(call(target)) for _ in range(2)]
-        await asyncio.sleep(0.05)
+        await server.arrival(len(server.received) + 2)  # both probes are at the upstream, held there
         assert target.breaker.state == "half-open"
         assert gauge(target) == 1
         reached = len(server.received)
         assert await call(target) == -1  # a third call while two probes are out is refused
         assert len(server.received) == reached
+        gate.set()
         assert await asyncio.gather(*probes) == [200, 200]
         assert target.breaker.state == "closed"
         assert gauge(target) == 0

@@ -27,9 +27,11 @@ class Source:
         self.value = 7
         self.failing = False
         self.delay_s = delay_s
+        self.entered = asyncio.Event()  # a load is running
 
     async def __call__(self) -> int:
         self.calls += 1
+        self.entered.set()
         await asyncio.sleep(self.delay_s)
         if self.failing:
             raise UpstreamUnavailable("stock is down")
@@ -83,7 +85,7 @@ async def test_a_cancelled_waiter_does_not_cancel_the_others_load(cache: Cache[i
     source = Source(delay_s=0.05)
     first = asyncio.ensure_future(cache.get("sku", source))
     second = asyncio.ensure_future(cache.get("sku", source))
-    await asyncio.sleep(0.01)
+    await source.entered.wait()  # the first is loading; the second, scheduled before us, waits on it
     first.cancel()
     assert await second == 7
     assert source.calls == 1

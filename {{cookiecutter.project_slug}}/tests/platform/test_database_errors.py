@@ -256,6 +256,35 @@ async def test_a_session_terminated_by_the_server_is_a_503(
         assert await transient_errors(app, "57P01") == before + 1
 
 
+async def test_pooled_connections_killed_between_requests_cost_at_most_one_503(
+    app: FastAPI, admin: AsyncEngine, log_lines: LogLines
+) -> None:
+    """A failover, a PgBouncer restart, an administrator's pg_terminate_backend: every connection
+    the pool holds dies while idle. The next request may find a dead one and answer 503 with
+    Retry-After (a client retry then succeeds); that failure discards the pool's other old
+    connections, so every request after it is served on fresh ones. Never a 500, never a run of 503s."""
+    async with serving(app) as client:
+        # Three requests at once: the pool holds three connections when they are done.
+        warm = await asyncio.gather(*(client.get("/sleep", params={"seconds": 0.2}) for _ in range(3)))
+        assert [response.status_code for response in warm] == [200] * 3
+        pids = {app.state.signals.backend_pids.get_nowait() for _ in range(3)}
+        async with admin.begin() as connection:
+            terminate = (
+                "SELECT count(*) FROM unnest(CAST(:pids AS int[])) AS pid WHERE pg_terminate_backend(pid)"
+            )
+            killed = await connection.scalar(text(terminate), {"pids": list(pids)})
+        assert killed == len(pids) == 3
+
+        answers = [await client.get("/rows") for _ in range(6)]
+    failed = [answer for answer in answers if answer.status_code != 200]
+    assert len(failed) <= 1, [answer.text for answer in failed]
+    for answer in failed:
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["type"].startswith("/problems/database-")
+        assert int(answer.headers["retry-after"]) >= 1
+    assert not [line for line in log_lines() if line["event"] in {"database_error", "unhandled_exception"}]
+
+
 class TestARoleOverItsConnectionLimit:
     @pytest.fixture
     async def target(self, owner_url: URL) -> AsyncIterator[URL]:

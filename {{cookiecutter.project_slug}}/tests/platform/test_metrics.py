@@ -38,7 +38,7 @@ async def test_latency_ends_at_the_last_byte_not_after_background_tasks(app: Fas
     neither does the latency the SLO is measured on."""
 
     async def slow_cleanup() -> None:
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(1.5)
 
     async def answer_then_clean_up(background: BackgroundTasks) -> dict[str, bool]:
         background.add_task(slow_cleanup)
@@ -53,4 +53,4 @@ async def test_latency_ends_at_the_last_byte_not_after_background_tasks(app: Fas
         for line in metrics.splitlines()
         if line.startswith('http_server_request_duration_seconds_sum{method="GET",route="/with-background"')
     ]
-    assert total < 0.4
+    assert total < 1.0  # the answer alone; with the task it would be over 1.5 s

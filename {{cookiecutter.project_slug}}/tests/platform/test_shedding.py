@@ -18,30 +18,46 @@ from tests.conftest import serving
 LIMIT = 2
 
 
-def slow_app(database_url: URL, limit: int) -> tuple[FastAPI, asyncio.Event]:
+class Slots:
+    """How many `/slow` requests are in their handler (holding an admission slot), and their release."""
+
+    def __init__(self) -> None:
+        self.held = 0
+        self.changed = asyncio.Condition()
+        self.release = asyncio.Event()
+
+    async def holding(self, count: int) -> None:
+        async with asyncio.timeout(10), self.changed:
+            await self.changed.wait_for(lambda: self.held >= count)
+
+
+def slow_app(database_url: URL, limit: int) -> tuple[FastAPI, Slots]:
     app = create_app(make_settings(database_url, max_concurrent_requests=limit))
-    release = asyncio.Event()
+    slots = Slots()
 
     async def slow() -> dict[str, bool]:
-        await release.wait()
+        async with slots.changed:
+            slots.held += 1
+            slots.changed.notify_all()
+        await slots.release.wait()
         return {"ok": True}
 
     app.add_api_route("/slow", slow)
-    return app, release
+    return app, slots
 
 
 async def test_the_excess_is_503_with_retry_after_at_once_while_probes_stay_200(database_url: URL) -> None:
-    app, release = slow_app(database_url, LIMIT)
+    app, slots = slow_app(database_url, LIMIT)
     async with serving(app) as client:
         admitted = [asyncio.create_task(client.get("/slow")) for _ in range(LIMIT)]
-        await asyncio.sleep(0.1)  # both are in flight, holding their slots
+        await slots.holding(LIMIT)  # both are in flight, holding their slots
 
         # Bounded: were the excess queued instead of shed, it would wait for the release.
         shed = await asyncio.wait_for(asyncio.gather(*[client.get("/slow") for _ in range(3)]), timeout=5)
         health, ready = await client.get("/health"), await client.get("/ready")
         assert all(not task.done() for task in admitted)  # answered while the slots were still held
 
-        release.set()
+        slots.release.set()
         answers = await asyncio.gather(*admitted)
         after = await client.get("/slow")  # the slots are free again
         metrics = await scrape(app)

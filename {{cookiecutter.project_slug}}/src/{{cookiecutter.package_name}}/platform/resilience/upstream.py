@@ -30,6 +30,8 @@ import time
 from collections.abc import Awaitable
 from collections.abc import Callable
 from collections.abc import Mapping
+from datetime import UTC
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -82,6 +84,7 @@ class Upstream:
         tracer: trace.Tracer,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
@@ -90,6 +93,8 @@ class Upstream:
         self.metrics = metrics
         self.tracer = tracer
         self.sleep = sleep
+        # The wall clock an HTTP-date Retry-After is read against (`clock` is the breakers' monotonic one).
+        self.now = now
         self.budget = RetryBudget(settings.http_retry_budget_ratio)
         self.breaker = Breaker(
             name,
@@ -227,7 +232,8 @@ class Upstream:
                 self.breaker.failed(probe, took)
                 span.set_status(Status(StatusCode.ERROR, str(status)))
                 self._observe(started, str(status))
-                raise FailedStatus(response, parse_retry_after(response.headers.get("retry-after")))
+                retry_after = parse_retry_after(response.headers.get("retry-after"), now=self.now())
+                raise FailedStatus(response, retry_after)
             self.breaker.succeeded(probe, took)
             self._observe(started, str(status))
             self.metrics.upstream_calls.labels(self.name, "ok").inc()
@@ -283,12 +289,20 @@ class Upstreams:
     """The upstreams of this process, one breaker and budget each, made on first use."""
 
     def __init__(
-        self, client: httpx.AsyncClient, *, settings: Settings, metrics: Metrics, tracer: trace.Tracer
+        self,
+        client: httpx.AsyncClient,
+        *,
+        settings: Settings,
+        metrics: Metrics,
+        tracer: trace.Tracer,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.settings = settings
         self.metrics = metrics
         self.tracer = tracer
+        # The breakers' clock: a test moves it past a reset timeout instead of waiting one out.
+        self.clock = clock
         self._by_name: dict[str, Upstream] = {}
 
     def get(self, name: str, base_url: str) -> Upstream:
@@ -301,6 +315,7 @@ class Upstreams:
                 settings=self.settings,
                 metrics=self.metrics,
                 tracer=self.tracer,
+                clock=self.clock,
             )
             self._by_name[name] = upstream
         return upstream
