@@ -91,7 +91,7 @@ def exported_metrics(metrics_text: str) -> set[str]:
     names = set()
     for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", metrics_text, re.MULTILINE):
         names.add(name)
-        suffixes = {"counter": ["_total", "_created"], "histogram": ["_bucket", "_sum", "_count", "_created"]}
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}  # no _created (metrics.py)
         names.update(name + suffix for suffix in suffixes.get(kind, []))
     return names
 

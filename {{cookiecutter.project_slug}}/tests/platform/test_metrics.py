@@ -116,12 +116,9 @@ async def test_latency_exemplars_link_a_sampled_trace_in_the_openmetrics_format_
     linked = [
         line
         for line in openmetrics.text.splitlines()
-        if line.startswith(
-            'http_server_request_duration_seconds_bucket{le="0.005",method="GET",route="unmatched"'
-        )
-        or (line.startswith("http_server_request_duration_seconds_bucket") and 'route="unmatched"' in line)
+        if line.startswith("http_server_request_duration_seconds_bucket") and 'route="unmatched"' in line
     ]
-    exemplars = [line for line in linked if f'# {{trace_id="{trace_id}"}}' in line]
+    exemplars = [line for line in linked if ' # {trace_id="' + trace_id + '"} ' in line]
     assert len(exemplars) == 1, linked
     probes = [line for line in openmetrics.text.splitlines() if 'route="/health"' in line]
     assert probes
