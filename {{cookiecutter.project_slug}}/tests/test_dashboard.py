@@ -4,6 +4,8 @@ because a name was mistyped or a metric renamed; and every panel the runbook poi
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import json
 import re
 from typing import Any
@@ -133,3 +135,52 @@ def test_the_runbook_links_panels_that_exist() -> None:
     named = {title.strip() for line in linked for title in re.findall(r'"([^"]+)"', line)}
     assert len(named) >= 8
     assert named <= titles, named - titles
+
+
+def _preview() -> Any:
+    """scripts/dashboard_preview.py, imported (its plotting needs matplotlib; its queries do not)."""
+    spec = importlib.util.spec_from_file_location(
+        "dashboard_preview", PROJECT / "scripts" / "dashboard_preview.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_preview_interpolates_quantiles_as_prometheus_does() -> None:
+    preview = _preview()
+    buckets = {
+        frozenset({("le", "0.1")}): 50.0,
+        frozenset({("le", "0.25")}): 100.0,
+        frozenset({("le", "+Inf")}): 100.0,
+    }
+    assert preview._histogram_quantile(0.5, buckets) == {frozenset(): 0.1}
+    assert preview._histogram_quantile(0.75, buckets) == {frozenset(): pytest.approx(0.175)}
+    assert preview._histogram_quantile(0.99, {**buckets, frozenset({("le", "+Inf")}): 200.0}) == {
+        frozenset(): 0.25
+    }
+
+
+async def test_the_preview_draws_the_core_panels_from_live_scrapes(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """What `make dashboard-preview` plots, on two scrapes of the live app with requests between."""
+    preview = _preview()
+    job, instance = PROJECT.name, f"127.0.0.1:{app.state.metrics_port}"
+    await client.get("/nowhere")  # a series needs two samples for a rate
+    scrapes = [(0.0, preview.parse(await scrape(app), job, instance))]
+    for _ in range(5):
+        await client.get("/ready")
+        await client.get("/nowhere")
+    await asyncio.sleep(1.0)
+    scrapes.append((1.0, preview.parse(await scrape(app), job, instance)))
+    variables = {"job": job, "__rate_interval": "4s"}
+    drawn = {panel["title"]: preview.series_of(panel, scrapes, variables) for panel in panels()}
+    [rate] = drawn["Request rate by route"].values()
+    assert rate[-1] == (1.0, pytest.approx(5.0))  # five 404s in one second; the probes are left out
+    assert drawn["Latency p50 / p95 / p99 against the SLO"]
+    assert drawn["Resident memory per pod"]
+    assert drawn["Database pool connections"]
+    assert drawn["Ready pods"]["ready"][-1] == (1.0, 1.0)
