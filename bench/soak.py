@@ -62,6 +62,47 @@ def soak(wrk_path: str, base: str, paths: list[str], seconds: float, connections
     return served, out
 
 
+# Run by the bake's Python: each cost alone, in-process, where a loaded machine blurs it least.
+MICRO = """
+import asyncio, json, time, timeit
+from orders_service.platform.looplag import LoopLagProbe
+from orders_service.platform.metrics import Metrics
+
+metrics = Metrics()
+trace_id = "0af7651916cd43dd8448eb211c80319c"
+calls = 200_000
+plain = min(timeit.repeat(lambda: metrics.observe("GET", "/ping", 200, 0.004), number=calls, repeat=5))
+linked = min(timeit.repeat(lambda: metrics.observe("GET", "/ping", 200, 0.004, trace_id), number=calls, repeat=5))
+
+async def idle(seconds, probed):
+    probe = LoopLagProbe(metrics.loop_lag, warn_s=0.25)
+    if probed:
+        probe.start()
+    began = time.process_time()
+    await asyncio.sleep(seconds)
+    used = time.process_time() - began
+    await probe.stop()
+    return used
+
+seconds = SECONDS
+without = asyncio.run(idle(seconds, False))
+with_probe = asyncio.run(idle(seconds, True))
+print(json.dumps({
+    "observe_us": round(plain / calls * 1e6, 3),
+    "observe_with_exemplar_us": round(linked / calls * 1e6, 3),
+    "probe_cpu_ms_per_s": round((with_probe - without) / seconds * 1e3, 3),
+}))
+"""
+
+
+def micro_costs(seconds: float) -> dict[str, float]:
+    code = MICRO.replace("SECONDS", repr(seconds))
+    out = subprocess.run(
+        [str(run.PY), "-c", code], cwd=run.PROJECT, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -77,6 +118,9 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run of the cost rounds")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--idle", type=float, default=10.0, help="seconds of idle loop for the probe's CPU cost"
+    )
     parser.add_argument("--out", type=Path, default=APPS / "results")
     args = parser.parse_args()
 
@@ -136,6 +180,7 @@ def main() -> int:
             database.stdin.close()
         database.wait(timeout=60)
 
+    micro = micro_costs(args.idle)
     warm = [rss for at, rss in samples if at >= args.warmup]
     mib = 1024 * 1024
     paired = [o["rps"] / u["rps"] for o, u in zip(rounds["observed"], rounds["unobserved"], strict=True)]
@@ -148,7 +193,8 @@ def main() -> int:
             }
             for name, runs in rounds.items()
         }
-        | {"ratio": round(statistics.median(paired), 3), "rounds": args.rounds, "duration_s": args.duration},
+        | {"ratio": round(statistics.median(paired), 3), "rounds": args.rounds, "duration_s": args.duration}
+        | micro,
         "soak": {
             "seconds": args.soak,
             "paths": paths,
@@ -165,7 +211,9 @@ def main() -> int:
     cost, memory = report["cost"], report["soak"]
     print(
         f"trivial route: {cost['observed']['rps']} req/s with exemplars and the lag probe, "
-        f"{cost['unobserved']['rps']} without (ratio {cost['ratio']})\n"
+        f"{cost['unobserved']['rps']} without (ratio {cost['ratio']}); in-process: observe() "
+        f"{micro['observe_us']} us, with an exemplar {micro['observe_with_exemplar_us']} us; the lag probe "
+        f"{micro['probe_cpu_ms_per_s']} ms of CPU a second\n"
         f"soak {args.soak:g}s, {served} requests: RSS {memory['rss_start_mib']} MiB at start, "
         f"{memory['rss_warm_mib']} after {args.warmup:g}s, {memory['rss_end_mib']} at the end "
         f"(max after warm-up {memory['rss_max_after_warmup_mib']})",

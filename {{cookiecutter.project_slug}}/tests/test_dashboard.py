@@ -175,12 +175,12 @@ async def test_the_preview_draws_the_core_panels_from_live_scrapes(
         await client.get("/ready")
         await client.get("/nowhere")
     await asyncio.sleep(1.0)
-    scrapes.append((1.0, preview.parse(await scrape(app), job, instance)))
+    scrapes.append((2.0, preview.parse(await scrape(app), job, instance)))
     variables = {"job": job, "__rate_interval": "4s"}
     drawn = {panel["title"]: preview.series_of(panel, scrapes, variables) for panel in panels()}
     [rate] = drawn["Request rate by route"].values()
-    assert rate[-1] == (1.0, pytest.approx(5.0))  # five 404s in one second; the probes are left out
+    assert rate[-1] == (2.0, pytest.approx(2.5))  # five 404s in two seconds (as scraped); no probes
     assert drawn["Latency p50 / p95 / p99 against the SLO"]
     assert drawn["Resident memory per pod"]
     assert drawn["Database pool connections"]
-    assert drawn["Ready pods"]["ready"][-1] == (1.0, 1.0)
+    assert drawn["Ready pods"]["ready"][-1] == (2.0, 1.0)

@@ -91,7 +91,8 @@ def exported_metrics(metrics_text: str) -> set[str]:
     names = set()
     for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", metrics_text, re.MULTILINE):
         names.add(name)
-        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}  # no _created (metrics.py)
+        # No `_created`: metrics.py turns those series off.
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
         names.update(name + suffix for suffix in suffixes.get(kind, []))
     return names
 
