@@ -178,11 +178,15 @@ async def test_a_blocked_event_loop_is_measured_and_logged_with_the_line_that_bl
         finally:
             logs.configure("INFO")
         metrics = await scrape(app)
-    [stall] = [
+    stalls = [
         line
         for line in map(json.loads, sink.getvalue().splitlines())
         if line["event"] == "event_loop_stalled"
     ]
+    # Only this one blocked in that function (a loaded machine may add a stall of its own).
+    blocked = [s for s in stalls if s["running"] and s["running"][-1].endswith("in block_the_loop")]
+    assert len(blocked) == 1, stalls
+    stall = blocked[0]
     assert stall["level"] == "warning"
     assert 0.4 <= stall["lag_s"] < 5
     assert stall["threshold_s"] == 0.2
@@ -194,17 +198,24 @@ async def test_a_blocked_event_loop_is_measured_and_logged_with_the_line_that_bl
     assert _sample(metrics, 'event_loop_lag_seconds_bucket{le="0.25"} ') < ticks
 
 
-async def test_a_busy_but_responsive_loop_logs_no_stall(app: FastAPI, client: httpx.AsyncClient) -> None:
+async def test_a_busy_but_responsive_loop_logs_no_stall(database_url: URL) -> None:
+    # A threshold no busy test machine reaches by scheduling alone; what is checked is that the
+    # probe's own reading of a loop serving requests is small.
+    app = create_app(make_settings(database_url, loop_lag_warn_s=1.0))
     sink = io.BytesIO()
-    logs.configure("INFO", stream=sink)
-    try:
-        await asyncio.gather(*(client.get("/health") for _ in range(50)))
-        await asyncio.sleep(0.3)
-    finally:
-        logs.configure("INFO")
+    async with serving(app) as client:
+        logs.configure("INFO", stream=sink)
+        try:
+            for _ in range(5):
+                await asyncio.gather(*(client.get("/health") for _ in range(20)))
+                await asyncio.sleep(0.1)
+        finally:
+            logs.configure("INFO")
+        metrics = await scrape(app)
     assert b"event_loop_stalled" not in sink.getvalue()
-    metrics = await scrape(app)
-    assert _sample(metrics, "event_loop_lag_seconds_count ") >= 2
+    ticks = _sample(metrics, "event_loop_lag_seconds_count ")
+    assert ticks >= 3
+    assert _sample(metrics, 'event_loop_lag_seconds_bucket{le="0.1"} ') >= ticks / 2
 
 
 def test_alembic_says_nothing_below_warning_once_the_app_is_built(app: FastAPI) -> None:
