@@ -8,7 +8,7 @@ BUILD := build
 DEMO := $(BUILD)/orders-service
 
 .DEFAULT_GOAL := help
-.PHONY: help tools demo bake test lint lock openapi bench conformance clean
+.PHONY: help tools demo bake test lint lock openapi bench soak conformance clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ openapi: .venv/.installed  ## regenerate the OpenAPI document every bake commits
 
 bench: .venv/.installed  ## what the standards cost vs bare FastAPI (installs wrk if it can)
 	.venv/bin/python bench/run.py $(BENCH_ARGS)
+
+soak: .venv/.installed  ## RSS under minutes of load, and what exemplars and the lag probe cost (SOAK_ARGS)
+	.venv/bin/python bench/soak.py $(SOAK_ARGS)
 
 # Standard library only, so no venv: any python3 >= 3.11 runs it, against any service.
 conformance:  ## score a running service against the standards: URL=http://host:port [ARGS=--json]

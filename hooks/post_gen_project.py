@@ -89,7 +89,7 @@ def next_steps(slug: str) -> str:
     return f"""
 Baked {slug}. Next:
   cd {slug}
-  make install      # .venv with the service and its dev tools (needs uv: python3 -m pip install uv)
+  make install      # .venv with the service and its dev tools (pip installs uv when it is missing)
   make run          # embedded PostgreSQL, migrations, http://127.0.0.1:8000/docs
   make test         # the suite, against a real PostgreSQL
   make lint         # ruff, ruff format --check, mypy --strict

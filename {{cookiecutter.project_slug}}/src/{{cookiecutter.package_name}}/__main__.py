@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = load_settings()
     logs.configure(settings.log_level)
+    if args.command != "migrate":
+        # Alembic's INFO lines (seven "setup plugin", "Running upgrade") on every start are noise
+        # beside the service's own `migrations_applied`; the deploy step (`migrate`) keeps them.
+        logs.quiet("alembic")
     try:
         settings = _with_database(settings)
     except embedded.EmbeddedUnavailable as exc:

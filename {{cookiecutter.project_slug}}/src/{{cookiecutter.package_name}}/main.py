@@ -29,6 +29,7 @@ from {{ cookiecutter.package_name }}.platform import health
 from {{ cookiecutter.package_name }}.platform import http
 from {{ cookiecutter.package_name }}.platform import idempotency
 from {{ cookiecutter.package_name }}.platform import logs
+from {{ cookiecutter.package_name }}.platform import looplag
 from {{ cookiecutter.package_name }}.platform import ratelimit
 from {{ cookiecutter.package_name }}.platform import resilience
 from {{ cookiecutter.package_name }}.platform import tracing
@@ -49,6 +50,7 @@ and `request_id`. Every response carries `X-Request-ID`; send your own to correl
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings if settings is not None else load_settings()
     logs.configure(settings.log_level)
+    logs.quiet("alembic")  # the lifespan reads the migrations' heads: no Alembic INFO lines while serving
     tracer_provider = tracing.build_tracer_provider(settings)
     tracer = tracing.get_tracer(tracer_provider)
     metrics = Metrics()
@@ -106,6 +108,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # moving it out of the collector's reach makes each collection scan only what requests
             # allocate. Measured: +9% throughput, and p99 of a trivial route from 54 ms to 7 ms.
             gc.freeze()
+            # How late the loop runs: a periodic task and a watchdog thread (platform/looplag.py).
+            lag_probe = looplag.LoopLagProbe(metrics.loop_lag, warn_s=settings.loop_lag_warn_s)
+            lag_probe.start()
+            resources.push_async_callback(lag_probe.stop)
             log.info("service_started", service=settings.service_name, environment=settings.environment)
             try:
                 yield

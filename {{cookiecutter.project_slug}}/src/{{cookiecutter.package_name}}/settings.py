@@ -103,6 +103,9 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
 
+    # Event-loop lag (platform/looplag.py): a single stall this long is logged with what was running.
+    loop_lag_warn_s: float = Field(default=0.25, ge=0.01, le=60)
+
     # Graceful shutdown (platform/shutdown.py): not ready but serving for SHUTDOWN_DELAY_S after
     # SIGTERM, then in-flight requests get GRACEFUL_TIMEOUT_S to finish.
     shutdown_delay_s: float = Field(default=5.0, ge=0, le=300)

@@ -1,13 +1,31 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import httpx
 from fastapi import BackgroundTasks
 from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.engine import URL
 
+from {{ cookiecutter.package_name }}.db.session import SessionDep
+from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.platform import logs
+
+from tests.conftest import MIGRATIONS
+from tests.conftest import PROJECT
+from tests.conftest import make_settings
 from tests.conftest import scrape
 from tests.conftest import serving
+from tests.upstream import closed_port
 
 
 async def test_requests_are_counted_by_route_template_and_pool_is_exported(
@@ -54,3 +72,198 @@ async def test_latency_ends_at_the_last_byte_not_after_background_tasks(app: Fas
         if line.startswith('http_server_request_duration_seconds_sum{method="GET",route="/with-background"')
     ]
     assert total < 1.0  # the answer alone; with the task it would be over 1.5 s
+
+
+def _sample(text: str, prefix: str) -> float:
+    """The value of the one sample line starting with `prefix` (its exemplar, if any, left out)."""
+    [value] = [
+        float(line.split(" # ")[0].rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+    ]
+    return value
+
+
+async def test_process_metrics_are_on_the_apps_registry_without_created_series(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    await client.get("/health")
+    text = await scrape(app)
+    for name in (
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+        'python_gc_collections_total{generation="0"}',
+    ):
+        assert _sample(text, name + " " if "{" not in name else name) >= 0, name
+    assert _sample(text, "process_resident_memory_bytes ") > 10_000_000  # a Python process, not a zero
+    # A counter or histogram is one series less each: `_created` would double them for nothing.
+    assert "_created" not in text
+    settings = app.state.settings
+    assert _sample(text, "db_pool_max_connections ") == settings.db_pool_size + settings.db_max_overflow
+
+
+async def test_latency_exemplars_link_a_sampled_trace_in_the_openmetrics_format_only(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    response = await client.get("/health/none")  # traced (the probes are not), answered 404
+    trace_id = response.headers["traceresponse"].split("-")[1]
+    await client.get("/health")  # a probe: untraced, so no exemplar that links nowhere
+    async with httpx.AsyncClient() as scraper:
+        url = f"http://127.0.0.1:{app.state.metrics_port}/metrics"
+        openmetrics = await scraper.get(url, headers={"accept": "application/openmetrics-text"}, timeout=5)
+        classic = await scraper.get(url, timeout=5)
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+    linked = [
+        line
+        for line in openmetrics.text.splitlines()
+        if line.startswith("http_server_request_duration_seconds_bucket") and 'route="unmatched"' in line
+    ]
+    exemplars = [line for line in linked if ' # {trace_id="' + trace_id + '"} ' in line]
+    assert len(exemplars) == 1, linked
+    probes = [line for line in openmetrics.text.splitlines() if 'route="/health"' in line]
+    assert probes
+    assert not any("trace_id" in line for line in probes)
+    # Scrapers that do not ask for OpenMetrics read the classic format, which has no exemplars.
+    assert classic.headers["content-type"].startswith("text/plain")
+    assert 'http_server_requests_total{method="GET",route="unmatched",status="404"} 1.0' in classic.text
+    assert "trace_id" not in classic.text
+
+
+async def test_pool_checkout_waits_and_timeouts_are_measured(database_url: URL) -> None:
+    app = create_app(make_settings(database_url, db_pool_size=1, db_max_overflow=0, db_pool_timeout_s=0.3))
+    release = asyncio.Event()
+
+    @app.get("/hold")
+    async def hold(session: SessionDep) -> dict[str, str]:
+        await session.execute(text("SELECT 1"))  # takes the only connection
+        await release.wait()
+        return {}
+
+    @app.get("/query")
+    async def query(session: SessionDep) -> dict[str, int]:
+        return {"one": int(await session.scalar(text("SELECT 1")) or 0)}
+
+    async with serving(app) as client:
+        holder = asyncio.create_task(client.get("/hold"))
+        await asyncio.sleep(0.2)
+        assert (await client.get("/query")).status_code == 503  # gave up after DB_POOL_TIMEOUT_S
+        release.set()
+        assert (await holder).status_code == 200
+        metrics = await scrape(app)
+    assert _sample(metrics, "db_pool_timeouts_total ") == 1
+    assert _sample(metrics, "db_pool_max_connections ") == 1
+    checkouts = _sample(metrics, "db_pool_checkout_wait_seconds_count ")
+    assert checkouts >= 2
+    # The one that gave up waited the whole DB_POOL_TIMEOUT_S; the others did not wait that long.
+    assert _sample(metrics, 'db_pool_checkout_wait_seconds_bucket{le="0.25"} ') == checkouts - 1
+    assert _sample(metrics, "db_pool_checkout_wait_seconds_sum ") >= 0.3
+
+
+async def test_a_blocked_event_loop_is_measured_and_logged_with_the_line_that_blocked(
+    database_url: URL,
+) -> None:
+    app = create_app(make_settings(database_url, loop_lag_warn_s=0.2))
+    sink = io.BytesIO()
+
+    @app.get("/block")
+    async def block_the_loop() -> dict[str, str]:
+        time.sleep(0.6)  # noqa: ASYNC251  # the bug the probe is there to show
+        return {}
+
+    async with serving(app) as client:
+        logs.configure("INFO", stream=sink)
+        try:
+            assert (await client.get("/block")).status_code == 200
+            await asyncio.sleep(0.3)  # the probe wakes, late, and reports
+        finally:
+            logs.configure("INFO")
+        metrics = await scrape(app)
+    stalls = [
+        line
+        for line in map(json.loads, sink.getvalue().splitlines())
+        if line["event"] == "event_loop_stalled"
+    ]
+    # Only this one blocked in that function (a loaded machine may add a stall of its own).
+    blocked = [s for s in stalls if s["running"] and s["running"][-1].endswith("in block_the_loop")]
+    assert len(blocked) == 1, stalls
+    stall = blocked[0]
+    assert stall["level"] == "warning"
+    assert 0.4 <= stall["lag_s"] < 5
+    assert stall["threshold_s"] == 0.2
+    assert stall["running"][-1].endswith("in block_the_loop"), stall["running"]
+    assert stall["running"][-1].startswith("platform/test_metrics.py:")
+    # The stall is in the histogram too: at least one tick came more than 0.25 s late.
+    ticks = _sample(metrics, "event_loop_lag_seconds_count ")
+    assert ticks >= 2
+    assert _sample(metrics, 'event_loop_lag_seconds_bucket{le="0.25"} ') < ticks
+
+
+async def test_a_busy_but_responsive_loop_logs_no_stall(database_url: URL) -> None:
+    # A threshold no busy test machine reaches by scheduling alone; what is checked is that the
+    # probe's own reading of a loop serving requests is small.
+    app = create_app(make_settings(database_url, loop_lag_warn_s=1.0))
+    sink = io.BytesIO()
+    async with serving(app) as client:
+        logs.configure("INFO", stream=sink)
+        try:
+            for _ in range(5):
+                await asyncio.gather(*(client.get("/health") for _ in range(20)))
+                await asyncio.sleep(0.1)
+        finally:
+            logs.configure("INFO")
+        metrics = await scrape(app)
+    assert b"event_loop_stalled" not in sink.getvalue()
+    ticks = _sample(metrics, "event_loop_lag_seconds_count ")
+    assert ticks >= 3
+    assert _sample(metrics, 'event_loop_lag_seconds_bucket{le="0.1"} ') >= ticks / 2
+
+
+def test_alembic_says_nothing_below_warning_once_the_app_is_built(app: FastAPI) -> None:
+    create_app(app.state.settings)  # what each serving process does
+    sink = io.BytesIO()
+    logs.configure("INFO", stream=sink)
+    try:
+        logging.getLogger("alembic.runtime.plugins").info("setup plugin %s", "alembic.autogenerate.schemas")
+        logging.getLogger("alembic.runtime.migration").warning("a warning still shows")
+    finally:
+        logs.configure("INFO")
+    events = [json.loads(line)["event"] for line in sink.getvalue().splitlines()]
+    assert "setup plugin alembic.autogenerate.schemas" not in events
+    assert "a warning still shows" in events
+
+
+def test_serve_migrate_starts_without_alembic_info_lines(owner_url: URL) -> None:
+    """`make run` (serve --migrate): the service's own lines, not seven "setup plugin" ones."""
+    port, metrics_port = closed_port(), closed_port()
+    env = os.environ | {
+        "DATABASE_URL": owner_url.render_as_string(hide_password=False),
+        "PORT": str(port),
+        "METRICS_PORT": str(metrics_port),
+        "MIGRATIONS_DIR": str(MIGRATIONS),
+        "LOG_LEVEL": "INFO",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve", "--migrate"],
+        cwd=PROJECT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    events = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert "migrations_applied" in [line["event"] for line in events], output
+    assert "service_started" in [line["event"] for line in events], output
+    alembic = [line["event"] for line in events if line.get("logger", "").startswith("alembic")]
+    assert alembic == []

@@ -178,3 +178,8 @@ def configure(level: str = "INFO", stream: IO[bytes] | None = None) -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+
+
+def quiet(name: str) -> None:
+    """Keep a library's logger at WARNING whatever LOG_LEVEL says (its INFO lines are noise here)."""
+    logging.getLogger(name).setLevel(logging.WARNING)

@@ -5,8 +5,17 @@ Standard: Observability / Metrics. Request count and latency by method, route te
 calls, retries and circuit breaker state per upstream (recorded by `resilience`); idempotency
 outcomes (`idempotency`); rate limit refusals and store errors (`ratelimit`); job runs and the
 queue's depth (`jobs`, set by the worker); transient
-database errors answered 503, by SQLSTATE (`errors`); database pool gauges read at scrape time.
+database errors answered 503, by SQLSTATE (`errors`); database pool gauges read at scrape time, with
+how long each checkout waited for a connection and how many gave up (`DB_POOL_TIMEOUT_S`); how late
+the event loop runs (`looplag`, `LOOP_LAG_WARN_S`); and the process itself: CPU seconds, resident
+memory, open file descriptors, start time, garbage collections (prometheus-client's collectors).
 Each app has its own registry, so two apps in one process (tests) never share counters.
+
+A latency observation carries the request's `trace_id` as an OpenMetrics exemplar when its trace is
+sampled, so a slow bucket on a dashboard links to a trace that shows why; the scraper sees it when it
+asks for `application/openmetrics-text` (Prometheus does, with exemplar storage on), and the classic
+text format leaves it out. No `_created` series: they would double the number of series for a value
+no query here uses.
 
 The metrics port is not the serving port: the Kubernetes Service exposes only the API, so what the
 service counts (routes, upstreams, error rates) is not public. It is served by prometheus-client's
@@ -18,6 +27,7 @@ Metric names follow Prometheus conventions; the runbook and the alert rules use 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from collections.abc import Iterator
 from wsgiref.simple_server import WSGIServer
@@ -25,12 +35,18 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter
 from prometheus_client import Gauge
+from prometheus_client import GCCollector
 from prometheus_client import Histogram
+from prometheus_client import PlatformCollector
+from prometheus_client import ProcessCollector
+from prometheus_client import disable_created_metrics
 from prometheus_client import start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.pool import QueuePool
 
 # Seconds. The SLO's threshold (p99 {{ cookiecutter.slo_latency_p99_ms }} ms) is a boundary itself,
@@ -39,11 +55,22 @@ SLO_LATENCY_S = {{ (cookiecutter.slo_latency_p99_ms | float / 1000) | round(6) }
 LATENCY_BUCKETS = tuple(
     sorted({0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, SLO_LATENCY_S})
 )
+# Seconds. A checkout that waits at all is news; one that waits past DB_POOL_TIMEOUT_S gives up.
+POOL_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Seconds. A healthy loop runs a timer within a millisecond or two; 100 ms is a request's budget gone.
+LOOP_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class Metrics:
     def __init__(self) -> None:
+        # Process-wide in prometheus-client, and idempotent: every registry of this process agrees.
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # the library leaves it unannotated
         self.registry = CollectorRegistry(auto_describe=True)
+        # The process as the kernel and the interpreter see it (CPU, RSS, fds, GC): nothing on the
+        # hot path, read at scrape time. The process collector reads /proc, so it is empty elsewhere.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.requests = Counter(
             "http_server_requests",
@@ -146,13 +173,34 @@ class Metrics:
             ["cache", "result"],
             registry=self.registry,
         )
+        self.pool_checkout_wait = Histogram(
+            "db_pool_checkout_wait_seconds",
+            "Time a checkout waited for a pooled connection (a new one's connect included); the "
+            "ones that gave up after DB_POOL_TIMEOUT_S are db_pool_timeouts_total.",
+            buckets=POOL_WAIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.pool_timeouts = Counter(
+            "db_pool_timeouts",
+            "Checkouts that gave up after DB_POOL_TIMEOUT_S: every connection was in use (answered 503).",
+            registry=self.registry,
+        )
+        self.loop_lag = Histogram(
+            "event_loop_lag_seconds",
+            "How late the event loop ran a timer it had scheduled (looplag): the time every request "
+            "in flight waited behind a callback that did not yield.",
+            buckets=LOOP_LAG_BUCKETS,
+            registry=self.registry,
+        )
         # Circuit breakers report the state a call arriving now would meet, read at scrape time
         # (platform/resilience/breaker.py): an open circuit whose break is over reads half-open
         # even when no call has come to move it.
         self._breakers: dict[str, Callable[[], int]] = {}
         self.registry.register(_BreakerCollector(self._breakers))
 
-    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+    def observe(
+        self, method: str, route: str, status: int, seconds: float, trace_id: str | None = None
+    ) -> None:
         # The labelled children, cached: `labels()` costs a lock and a tuple of strings per call,
         # and this runs on every request. Routes are templates, so the cache stays small.
         children = self._children.get((method, route, status))
@@ -163,14 +211,35 @@ class Metrics:
                 self.latency.labels(*labels),
             )
         children[0].inc()
-        children[1].observe(seconds)
+        # The exemplar replaces the bucket's previous one: each bucket shows its latest sampled trace.
+        children[1].observe(seconds, {"trace_id": trace_id} if trace_id else None)
 
     def watch_breaker(self, upstream: str, state: Callable[[], int]) -> None:
         """Report `state()` (0 closed, 1 half-open, 2 open) as circuit_breaker_state{upstream}."""
         self._breakers[upstream] = state
 
     def watch_pool(self, engine: AsyncEngine) -> None:
+        """Export the pool's gauges, and time each checkout: wrapping the pool's public `connect`
+        (every session, the idempotency store and the rate limiter take connections through it)
+        costs one clock read per checkout, and needs no hook in `db/`. The pool is replaced only by
+        `engine.dispose()`, which the lifespan calls once, at shutdown."""
         self.registry.register(_PoolCollector(engine))
+        pool = engine.sync_engine.pool
+        connect = pool.connect
+        wait, timeouts = self.pool_checkout_wait, self.pool_timeouts
+
+        def timed_connect() -> PoolProxiedConnection:
+            started = time.perf_counter()
+            try:
+                connection = connect()
+            except PoolTimeoutError:
+                timeouts.inc()
+                raise
+            finally:
+                wait.observe(time.perf_counter() - started)
+            return connection
+
+        pool.connect = timed_connect  # type: ignore[method-assign]
 
     def serve(self, host: str, port: int) -> MetricsServer:
         """Start serving this registry on `host`:`port` (0: any free port) in a daemon thread."""
@@ -206,6 +275,10 @@ class _PoolCollector(Collector):
             "db_pool_checked_out": ("Connections in use by requests.", pool.checkedout()),
             "db_pool_checked_in": ("Idle connections in the pool.", pool.checkedin()),
             "db_pool_overflow": ("Connections open beyond the pool size.", max(pool.overflow(), 0)),
+            "db_pool_max_connections": (
+                "The most connections this process may open: DB_POOL_SIZE + DB_MAX_OVERFLOW.",
+                pool.size() + max(pool._max_overflow, 0),
+            ),
         }
         for name, (documentation, value) in gauges.items():
             yield GaugeMetricFamily(name, documentation, value=value)

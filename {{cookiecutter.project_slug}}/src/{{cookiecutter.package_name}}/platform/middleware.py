@@ -14,7 +14,7 @@ once (`shedding`; the probes are exempt); run the app under the request's deadli
 every handler (logged once, with its stack trace); add `X-Content-Type-Options: nosniff` and
 `Cache-Control: no-store` (unless the route set its own) and `traceresponse` (the trace that served
 it, W3C Trace Context Level 2) to every answer; write one `http_request`
-line and record the request in the metrics.
+line and record the request in the metrics (its sampled trace as the latency's exemplar).
 """
 
 from __future__ import annotations
@@ -190,7 +190,10 @@ class RequestContextMiddleware:
                 status=status,
                 duration_ms=round(duration * 1000, 2),
             )
-            self.metrics.observe(method, route, status, duration)
+            # A sampled trace is one a tracing backend keeps: the latency's exemplar links to it.
+            ids = span.get_span_context()
+            trace_id = f"{ids.trace_id:032x}" if ids.trace_flags.sampled else None
+            self.metrics.observe(method, route, status, duration, trace_id)
             span.end()
             otel_context.detach(token)
             # `actor_id` is bound by `auth.authenticate`, in this same context: this line carries it.
