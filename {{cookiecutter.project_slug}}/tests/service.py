@@ -26,7 +26,9 @@ class Service:
 
 
 @contextmanager
-def running(database_url: str, **env: str) -> Iterator[Service]:
+def running(database_url: str, *, app: str | None = None, **env: str) -> Iterator[Service]:
+    """`app`: another factory to serve (`tests.app.APP`: the app with test-only routes), through
+    the same `serve` command; by default the service's own app."""
     port, metrics_port = closed_port(), closed_port()
     variables = os.environ | {
         "DATABASE_URL": database_url,
@@ -38,7 +40,9 @@ def running(database_url: str, **env: str) -> Iterator[Service]:
         "MAX_CONCURRENT_REQUESTS": "1000",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve"],
+        [sys.executable, "-m", "tests.serve", app]
+        if app is not None
+        else [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve"],
         cwd=PROJECT,
         env=variables | env,
         stdout=subprocess.DEVNULL,
