@@ -48,6 +48,8 @@ async def test_a_request_in_flight_at_sigterm_finishes_with_its_effect(
             await signals.held("in-flight")
             service.process.send_signal(signal.SIGTERM)
             await _until_refused(service.base)  # shutting down, with our request still held
+            # In flight well past the stop of accepting: the server must wait for it, not exit.
+            await asyncio.sleep(1.0)
             signals.release("in-flight")
             answer = await request
         exit_code = await asyncio.to_thread(service.process.wait, 30)
