@@ -18,15 +18,19 @@ SHUTDOWN_DELAY_S = "1"
 
 
 async def rolling_restart(
-    database_url: str, send: Callable[[httpx.AsyncClient, str], object], **env: str
+    database_url: str,
+    send: Callable[[httpx.AsyncClient, str], object],
+    *,
+    app: str | None = None,
+    **env: str,
 ) -> tuple[list[int], list[float]]:
     """Start two instances, put them behind the proxy, load it, then replace each instance in turn
     (SIGTERM, wait for exit, start a new one, wait until it is routed to). Returns every status the
     load saw and each instance's SIGTERM-to-exit time."""
     env = {"SHUTDOWN_DELAY_S": SHUTDOWN_DELAY_S, **env}
     with ExitStack() as instances:
-        first = instances.enter_context(running(database_url, **env))
-        second = instances.enter_context(running(database_url, **env))
+        first = instances.enter_context(running(database_url, app=app, **env))
+        second = instances.enter_context(running(database_url, app=app, **env))
         async with ReadinessProxy([first.base, second.base]) as proxy:
             for instance in (first, second):
                 await proxy.wait_ready(instance.base)
@@ -39,7 +43,7 @@ async def rolling_restart(
                 old.process.send_signal(signal.SIGTERM)
                 await asyncio.to_thread(old.process.wait, 60)
                 exits.append(time.monotonic() - sent)
-                new = instances.enter_context(running(database_url, **env))
+                new = instances.enter_context(running(database_url, app=app, **env))
                 proxy.backends = [new.base if b == old.base else b for b in proxy.backends]
                 await proxy.wait_ready(new.base)
                 await asyncio.sleep(0.5)

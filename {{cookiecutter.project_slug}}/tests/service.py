@@ -26,8 +26,9 @@ class Service:
 
 
 @contextmanager
-def running(database_url: str, *, command: list[str] | None = None, **env: str) -> Iterator[Service]:
-    """`command` replaces `python -m <package> serve` (a launcher that adds a test-only route)."""
+def running(database_url: str, *, app: str | None = None, **env: str) -> Iterator[Service]:
+    """`app`: another factory to serve (`tests.app.APP`: the app with test-only routes), through
+    the same `serve` command; by default the service's own app."""
     port, metrics_port = closed_port(), closed_port()
     variables = os.environ | {
         "DATABASE_URL": database_url,
@@ -39,7 +40,9 @@ def running(database_url: str, *, command: list[str] | None = None, **env: str) 
         "MAX_CONCURRENT_REQUESTS": "1000",
     }
     process = subprocess.Popen(
-        command or [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve"],
+        [sys.executable, "-m", "tests.serve", app]
+        if app is not None
+        else [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve"],
         cwd=PROJECT,
         env=variables | env,
         stdout=subprocess.DEVNULL,

@@ -43,7 +43,11 @@ from {{ cookiecutter.package_name }}.settings import load_settings
 log = structlog.get_logger("{{ cookiecutter.package_name }}")
 
 
-def main(argv: list[str] | None = None) -> int:
+# What `serve` runs. The tests serve the same app with test-only routes added (tests/serve.py).
+APP_FACTORY = "{{ cookiecutter.package_name }}.main:create_app"
+
+
+def main(argv: list[str] | None = None, *, app_factory: str = APP_FACTORY) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m {{ cookiecutter.package_name }}",
         description=__doc__,
@@ -126,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics=f"http://{settings.host}:{settings.metrics_port}/metrics",
     )
     config = uvicorn.Config(
-        "{{ cookiecutter.package_name }}.main:create_app",
+        app_factory,
         factory=True,
         host=settings.host,
         port=settings.port,
