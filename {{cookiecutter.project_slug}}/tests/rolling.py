@@ -43,7 +43,9 @@ async def rolling_restart(
                 old.process.send_signal(signal.SIGTERM)
                 await asyncio.to_thread(old.process.wait, 60)
                 exits.append(time.monotonic() - sent)
-                new = instances.enter_context(running(database_url, app=app, **env))
+                # Started off the loop: the proxy and the load run on it, and the new instance's
+                # start (seconds on a loaded machine) would stall them into client timeouts.
+                new = await asyncio.to_thread(instances.enter_context, running(database_url, app=app, **env))
                 proxy.backends = [new.base if b == old.base else b for b in proxy.backends]
                 await proxy.wait_ready(new.base)
                 await asyncio.sleep(0.5)
