@@ -80,9 +80,9 @@ def test_the_runbook_is_rendered_with_the_answers(baked: dict[str, Path], combin
     assert f"# {answers['project_name']} runbook" in runbook
     assert answers["oncall_channel"] in runbook
     assert f"| Availability SLO | {answers['slo_availability']}% of requests" in runbook
-    assert f"the {answers['slo_availability']}%\nSLO is burning" in runbook
+    assert f"{answers['slo_availability']}% SLO's budget burning" in runbook
     assert f"| Latency SLO | p99 under {answers['slo_latency_p99_ms']} ms |" in runbook
-    assert f"pages above {answers['slo_latency_p99_ms']} ms" in runbook
+    assert f"requests slower than\n{answers['slo_latency_p99_ms']} ms, whose budget is 1%" in runbook
 
 
 @pytest.mark.parametrize("combination", COMBINATIONS)
