@@ -25,7 +25,8 @@ RESIDUE = re.compile(r"(?<!\$)\{\{(?! \$)|\{%|cookiecutter\.")
 
 
 def _files(project: Path) -> list[Path]:
-    skip = {".venv", ".data", ".mypy_cache", ".ruff_cache", ".pytest_cache", "__pycache__"}
+    # What running the bake leaves (its venv, database, caches: its .gitignore), not what it was baked with.
+    skip = {".venv", ".data", ".mypy_cache", ".ruff_cache", ".pytest_cache", "__pycache__", ".hypothesis", "build"}
     return [p for p in project.rglob("*") if p.is_file() and not skip & set(p.relative_to(project).parts)]
 
 

@@ -35,6 +35,7 @@ from starlette.types import Send
 
 from {{ cookiecutter.package_name }}.db.session import SessionDep
 from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.platform import ratelimit
 from {{ cookiecutter.package_name }}.platform.idempotency import ClaimDep
 from {{ cookiecutter.package_name }}.platform.idempotency import IdempotentRoute
 from {{ cookiecutter.package_name }}.platform.resilience import UpstreamUnavailable
@@ -75,6 +76,16 @@ async def read(session: SessionDep) -> dict[str, int]:
     return {"one": int(await session.scalar(text("SELECT 1")) or 0)}
 
 
+# Rate limited as every domain route is (main.py), apart so that the other test routes' bursts
+# (50 retries, a rolling restart's load) are never limited.
+limited_router = APIRouter(prefix="/_test")
+
+
+@limited_router.get("/limited")
+async def limited() -> dict[str, bool]:
+    return {"ok": True}
+
+
 class WorkerPid:
     """`X-Worker-Pid` on every response, refusals and probes included: which process answered."""
 
@@ -103,6 +114,7 @@ def create(
     app.state.test_upstream_url = upstream_url or os.environ.get("TEST_UPSTREAM_URL", "http://127.0.0.1:9")
     app.state.test_signals = signals or Path(os.environ.get("TEST_SIGNALS_DIR", "."))
     app.include_router(router)
+    app.include_router(limited_router, dependencies=[ratelimit.Limited], responses=ratelimit.RESPONSES)
     app.add_middleware(WorkerPid)
     return app
 
