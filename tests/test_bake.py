@@ -24,10 +24,23 @@ MIN_TESTS = {"default": 330, "no-example-domain": 295, "long-name": 65}
 RESIDUE = re.compile(r"(?<!\$)\{\{(?! \$)|\{%|cookiecutter\.")
 
 
+# What running a bake leaves beside what it was baked with (its .gitignore): venv, database, caches.
+RUN_ARTEFACTS = {
+    ".venv",
+    ".data",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+    "__pycache__",
+    ".hypothesis",
+    "build",
+}
+
+
 def _files(project: Path) -> list[Path]:
-    # What running the bake leaves (its venv, database, caches: its .gitignore), not what it was baked with.
-    skip = {".venv", ".data", ".mypy_cache", ".ruff_cache", ".pytest_cache", "__pycache__", ".hypothesis", "build"}
-    return [p for p in project.rglob("*") if p.is_file() and not skip & set(p.relative_to(project).parts)]
+    return [
+        p for p in project.rglob("*") if p.is_file() and not RUN_ARTEFACTS & set(p.relative_to(project).parts)
+    ]
 
 
 @pytest.mark.parametrize("combination", COMBINATIONS)
