@@ -1,27 +1,19 @@
 """The baked service, as production runs it, plus two routes the comparison needs.
 
-Every request is traced (the SDK's default sampler samples all; spans leave through a batch
-processor to an exporter that drops them, standing in for a collector), logged (one JSON access
-line, to stdout) and metered. `/ping` is the trivial route; `POST /v1/orders-plain` is the
+Every request gets a server span (recorded and exported to a real OTLP/HTTP receiver when the run
+sets `OTEL_EXPORTER_OTLP_ENDPOINT`, as a deployment with a collector does; ids only otherwise, the
+bake's default), one JSON access line (to stdout) and its metrics. `/ping` is the trivial route; `POST /v1/orders-plain` is the
 example's POST without the Idempotency-Key machinery, for the idempotency ratio.
 """
 
-from collections.abc import Sequence
 from uuid import uuid4
 
 from fastapi import FastAPI, Request, Response
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from orders_service.db.session import SessionDep
 from orders_service.main import create_app as create_service
 from orders_service.orders import service
 from orders_service.orders.inventory import InventoryDep
 from orders_service.orders.schemas import OrderCreate, OrderRead
-
-
-class DroppingExporter(SpanExporter):
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return SpanExportResult.SUCCESS
 
 
 async def ping() -> dict[str, bool]:
@@ -46,8 +38,6 @@ async def create_plain(
 
 def create_app() -> FastAPI:
     app = create_service()
-    if app.state.tracer_provider is not None:  # None with OTEL_SDK_DISABLED=true
-        app.state.tracer_provider.add_span_processor(BatchSpanProcessor(DroppingExporter()))
     app.add_api_route("/v1/orders-plain", create_plain, methods=["POST"], status_code=201)
     # Added to the app itself, and first in its route table, as in the bare app: the trivial
     # route measures the middleware stack, not the routing to it (the service has more routes).

@@ -129,6 +129,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
+        # FastAPI's own OpenTelemetry spans and metrics, off: the middleware owns the server span
+        # and the request metrics. On, they would double each request's span once a global
+        # provider is set, and cost a check of three global providers per request when none is.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.metrics = metrics

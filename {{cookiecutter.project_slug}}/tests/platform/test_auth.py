@@ -35,6 +35,8 @@ from {{ cookiecutter.package_name }}.platform.auth import Principal
 from {{ cookiecutter.package_name }}.platform.auth import PrincipalDep
 from {{ cookiecutter.package_name }}.platform.auth import require
 from {{ cookiecutter.package_name }}.platform.auth.keys import JwksCache
+from {{ cookiecutter.package_name }}.platform.auth.tokens import InvalidToken
+from {{ cookiecutter.package_name }}.platform.auth.tokens import TokenVerifier
 from {{ cookiecutter.package_name }}.platform.idempotency import ClaimDep
 from {{ cookiecutter.package_name }}.platform.idempotency import IdempotentRoute
 from {{ cookiecutter.package_name }}.settings import Settings
@@ -250,6 +252,47 @@ async def test_concurrent_unknown_kids_share_one_fetch_then_wait_the_interval(id
         finally:
             idp.delay_s = 0.0
             await cache.close()
+
+
+async def test_a_verified_token_is_reused_only_while_it_is_unexpired_and_its_key_unchanged() -> None:
+    """Verified tokens are kept (their signature check is most of authentication's cost): a kept
+    one must still expire on time, and must not survive its key being replaced under the same kid."""
+    with JwksServer() as idp:
+        async with httpx.AsyncClient() as http:
+
+            async def fetch() -> bytes:
+                return (await http.get(idp.url)).content
+
+            keys = JwksCache(fetch, cache_s=300, min_refresh_s=0)
+            verifier = TokenVerifier(
+                keys,
+                issuer=ISSUER,
+                audience=AUDIENCE,
+                algorithms=["RS256"],
+                leeway_s=0,
+                tenant_claim="tenant",
+            )
+            token = idp.token(subject="alice")
+            assert (await verifier.verify(token)).subject == "alice"
+            assert (await verifier.verify(token)).subject == "alice"  # the kept answer
+            # The identity provider replaces the key but keeps its kid: the old signature is void.
+            replacement = SigningKey("RS256")
+            replacement.kid = idp.rsa.kid
+            idp.keys = [replacement]
+            await keys.refresh()
+            with pytest.raises(InvalidToken, match="signature does not verify"):
+                await verifier.verify(token)
+
+            expires = int(time.time()) + 1
+            short = idp.token(key=replacement, subject="bob", exp=expires)
+            assert (await verifier.verify(short)).subject == "bob"  # verified, and kept
+            for _ in range(40):  # `exp` is in whole seconds of the real clock: at most 2 s
+                if time.time() >= expires:
+                    break
+                await asyncio.sleep(0.05)
+            with pytest.raises(InvalidToken, match="expired"):
+                await verifier.verify(short)
+            await keys.close()
 
 
 async def test_a_token_without_the_scope_is_403_and_its_key_stays_unclaimed(

@@ -13,6 +13,8 @@ import time
 import httpx
 from fastapi import BackgroundTasks
 from fastapi import FastAPI
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
@@ -102,30 +104,48 @@ async def test_process_metrics_are_on_the_apps_registry_without_created_series(
     assert _sample(text, "db_pool_max_connections ") == settings.db_pool_size + settings.db_max_overflow
 
 
-async def test_latency_exemplars_link_a_sampled_trace_in_the_openmetrics_format_only(
+async def test_latency_exemplars_link_a_recorded_trace_in_the_openmetrics_format_only(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
+    async def scrape_openmetrics() -> list[str]:
+        async with httpx.AsyncClient() as scraper:
+            url = f"http://127.0.0.1:{app.state.metrics_port}/metrics"
+            answer = await scraper.get(url, headers={"accept": "application/openmetrics-text"}, timeout=5)
+        assert answer.headers["content-type"].startswith("application/openmetrics-text")
+        return answer.text.splitlines()
+
+    def linked(lines: list[str]) -> list[str]:
+        return [
+            line
+            for line in lines
+            if line.startswith("http_server_request_duration_seconds_bucket") and 'route="unmatched"' in line
+        ]
+
+    # No exporter: no span is recorded, so no exemplar may point at a trace that holds none of this
+    # service's spans, even when the caller's trace is sampled (its flag is passed on downstream).
+    caller = "00-" + "4bf92f3577b34da6a3ce929d0e0e4736" + "-00f067aa0ba902b7-01"
+    unrecorded = (await client.get("/health/none", headers={"traceparent": caller})).headers["traceresponse"]
+    assert unrecorded.split("-")[1] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert unrecorded.endswith("-01")
+    unrecorded = unrecorded.split("-")[1]
+    assert not any("trace_id" in line for line in linked(await scrape_openmetrics()))
+
+    app.state.tracer_provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))  # spans kept
     response = await client.get("/health/none")  # traced (the probes are not), answered 404
     trace_id = response.headers["traceresponse"].split("-")[1]
     await client.get("/health")  # a probe: untraced, so no exemplar that links nowhere
-    async with httpx.AsyncClient() as scraper:
-        url = f"http://127.0.0.1:{app.state.metrics_port}/metrics"
-        openmetrics = await scraper.get(url, headers={"accept": "application/openmetrics-text"}, timeout=5)
-        classic = await scraper.get(url, timeout=5)
-    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
-    linked = [
-        line
-        for line in openmetrics.text.splitlines()
-        if line.startswith("http_server_request_duration_seconds_bucket") and 'route="unmatched"' in line
-    ]
-    exemplars = [line for line in linked if ' # {trace_id="' + trace_id + '"} ' in line]
-    assert len(exemplars) == 1, linked
-    probes = [line for line in openmetrics.text.splitlines() if 'route="/health"' in line]
+    lines = await scrape_openmetrics()
+    exemplars = [line for line in linked(lines) if ' # {trace_id="' + trace_id + '"} ' in line]
+    assert len(exemplars) == 1, linked(lines)
+    assert not any(unrecorded in line for line in lines)
+    probes = [line for line in lines if 'route="/health"' in line]
     assert probes
     assert not any("trace_id" in line for line in probes)
     # Scrapers that do not ask for OpenMetrics read the classic format, which has no exemplars.
+    async with httpx.AsyncClient() as scraper:
+        classic = await scraper.get(f"http://127.0.0.1:{app.state.metrics_port}/metrics", timeout=5)
     assert classic.headers["content-type"].startswith("text/plain")
-    assert 'http_server_requests_total{method="GET",route="unmatched",status="404"} 1.0' in classic.text
+    assert 'http_server_requests_total{method="GET",route="unmatched",status="404"} 2.0' in classic.text
     assert "trace_id" not in classic.text
 
 

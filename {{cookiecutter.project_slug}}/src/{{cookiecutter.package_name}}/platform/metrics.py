@@ -11,8 +11,8 @@ the event loop runs (`looplag`, `LOOP_LAG_WARN_S`); and the process itself: CPU 
 memory, open file descriptors, start time, garbage collections (prometheus-client's collectors).
 Each app has its own registry, so two apps in one process (tests) never share counters.
 
-A latency observation carries the request's `trace_id` as an OpenMetrics exemplar when its trace is
-sampled, so a slow bucket on a dashboard links to a trace that shows why; the scraper sees it when it
+A latency observation carries the request's `trace_id` as an OpenMetrics exemplar when its span is
+recorded and sampled (exported: `OTEL_EXPORTER_OTLP_ENDPOINT`), so a slow bucket on a dashboard links to a trace that shows why; the scraper sees it when it
 asks for `application/openmetrics-text` (Prometheus does, with exemplar storage on), and the classic
 text format leaves it out. No `_created` series: they would double the number of series for a value
 no query here uses.
@@ -211,7 +211,7 @@ class Metrics:
                 self.latency.labels(*labels),
             )
         children[0].inc()
-        # The exemplar replaces the bucket's previous one: each bucket shows its latest sampled trace.
+        # The exemplar replaces the bucket's previous one: each bucket shows its latest exported trace.
         children[1].observe(seconds, {"trace_id": trace_id} if trace_id else None)
 
     def watch_breaker(self, upstream: str, state: Callable[[], int]) -> None:

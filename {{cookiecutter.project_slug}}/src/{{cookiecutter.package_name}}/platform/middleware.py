@@ -14,13 +14,12 @@ once (`shedding`; the probes are exempt); run the app under the request's deadli
 every handler (logged once, with its stack trace); add `X-Content-Type-Options: nosniff` and
 `Cache-Control: no-store` (unless the route set its own) and `traceresponse` (the trace that served
 it, W3C Trace Context Level 2) to every answer; write one `http_request`
-line and record the request in the metrics (its sampled trace as the latency's exemplar).
+line and record the request in the metrics (its exported trace as the latency's exemplar).
 """
 
 from __future__ import annotations
 
 import os
-import random
 import re
 import time
 
@@ -43,6 +42,7 @@ from {{ cookiecutter.package_name }}.platform import deprecation
 from {{ cookiecutter.package_name }}.platform import errors
 from {{ cookiecutter.package_name }}.platform import ratelimit
 from {{ cookiecutter.package_name }}.platform import shutdown
+from {{ cookiecutter.package_name }}.platform import tracing
 from {{ cookiecutter.package_name }}.platform.metrics import Metrics
 from {{ cookiecutter.package_name }}.platform.shedding import EXEMPT_PATHS
 from {{ cookiecutter.package_name }}.platform.shedding import Admission
@@ -107,7 +107,7 @@ class RequestContextMiddleware:
         admitted = path not in EXEMPT_PATHS and self.admission.enter()
         shed = path not in EXEMPT_PATHS and not admitted
         if path in UNTRACED_PATHS or shed:
-            span = _untraced_span(parent)
+            span = tracing.unrecorded_span(parent)
         else:
             span = self.tracer.start_span(
                 method,
@@ -190,9 +190,10 @@ class RequestContextMiddleware:
                 status=status,
                 duration_ms=round(duration * 1000, 2),
             )
-            # A sampled trace is one a tracing backend keeps: the latency's exemplar links to it.
+            # The latency's exemplar links to a trace that holds this request's span: one recorded
+            # and sampled (exported). Without an exporter nothing is kept, and no exemplar is added.
             ids = span.get_span_context()
-            trace_id = f"{ids.trace_id:032x}" if ids.trace_flags.sampled else None
+            trace_id = f"{ids.trace_id:032x}" if ids.trace_flags.sampled and span.is_recording() else None
             self.metrics.observe(method, route, status, duration, trace_id)
             span.end()
             otel_context.detach(token)
@@ -239,16 +240,6 @@ def _traceresponse(span: trace.Span) -> bytes:
     """W3C Trace Context Level 2's response header: the caller learns which trace served it."""
     ids = span.get_span_context()
     return f"00-{ids.trace_id:032x}-{ids.span_id:016x}-{ids.trace_flags:02x}".encode()
-
-
-def _untraced_span(parent: otel_context.Context) -> trace.Span:
-    caller = trace.get_current_span(parent).get_span_context()
-    context = trace.SpanContext(
-        trace_id=caller.trace_id if caller.is_valid else random.getrandbits(128),
-        span_id=random.getrandbits(64),
-        is_remote=False,
-    )
-    return trace.NonRecordingSpan(context)
 
 
 def _route_template(scope: Scope) -> str:

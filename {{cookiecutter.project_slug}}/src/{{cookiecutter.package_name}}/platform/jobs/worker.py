@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
 import socket
 import time
@@ -181,7 +180,7 @@ class Worker:
             },
         )
         if not span.get_span_context().is_valid:
-            span = _untraced_span(parent)  # tracing is off: logs still carry the enqueuer's trace id
+            span = tracing.unrecorded_span(parent)  # tracing is off: logs still carry the enqueuer's trace id
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         try:
             with structlog.contextvars.bound_contextvars(job_id=job.id, kind=job.kind, attempt=job.attempts):
@@ -269,17 +268,6 @@ class Worker:
             pass
         finally:
             writer.close()
-
-
-def _untraced_span(parent: otel_context.Context) -> trace.Span:
-    caller = trace.get_current_span(parent).get_span_context()
-    return trace.NonRecordingSpan(
-        trace.SpanContext(
-            trace_id=caller.trace_id if caller.is_valid else random.getrandbits(128),
-            span_id=random.getrandbits(64),
-            is_remote=False,
-        )
-    )
 
 
 async def serve(settings: Settings, *, handlers: Mapping[str, Handler], schedules: list[Schedule]) -> None:
