@@ -14,6 +14,8 @@ from orders_service.main import create_app as create_service
 from orders_service.orders import service
 from orders_service.orders.inventory import InventoryDep
 from orders_service.orders.schemas import OrderCreate, OrderRead
+from orders_service.platform import ratelimit
+from orders_service.platform.auth import require
 
 
 async def ping() -> dict[str, bool]:
@@ -38,7 +40,11 @@ async def create_plain(
 
 def create_app() -> FastAPI:
     app = create_service()
-    app.add_api_route("/v1/orders-plain", create_plain, methods=["POST"], status_code=201)
+    # The example's POST route's dependencies (its scope, the rate limit): only idempotency differs.
+    checks = [require("orders:write"), ratelimit.Limited]
+    app.add_api_route(
+        "/v1/orders-plain", create_plain, methods=["POST"], status_code=201, dependencies=checks
+    )
     # Added to the app itself, and first in its route table, as in the bare app: the trivial
     # route measures the middleware stack, not the routing to it (the service has more routes).
     app.add_api_route("/ping", ping, methods=["GET"])

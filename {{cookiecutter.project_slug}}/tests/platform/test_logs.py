@@ -1,7 +1,11 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
+from datetime import UTC
+from datetime import datetime
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -50,7 +54,9 @@ async def test_one_access_line_per_request_with_route_template(
     assert (line["method"], line["route"], line["status"]) == ("GET", "/ready", 200)
     assert isinstance(line["duration_ms"], float)
     assert line["level"] == "info"
-    assert "timestamp" in line
+    # RFC 3339 in UTC with `Z`, as log pipelines parse it, and the time the request was served.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z", line["timestamp"]), line["timestamp"]
+    assert abs(datetime.fromisoformat(line["timestamp"]) - datetime.now(UTC)) < timedelta(minutes=1)
 
 
 async def test_a_safe_request_id_is_kept_and_an_unsafe_one_replaced(client: httpx.AsyncClient) -> None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from datetime import UTC
+from datetime import datetime
 from typing import IO
 from typing import Any
 
@@ -63,12 +65,17 @@ def protect_personal_data() -> frozenset[str]:
     return frozenset(names)
 
 
+# Values that hold nothing nested: most of a line's, and checked first, since `isinstance` against
+# a pydantic model (an ABC) costs a tenth of a microsecond per value on every line.
+_SCALARS = frozenset({str, int, float, bool, type(None), datetime})
+
+
 def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     """Replace credentials and personal data with `[redacted]`, at any depth up to a few levels."""
     for key, value in event_dict.items():
         if key.lower() in _redacted_keys:
             event_dict[key] = REDACTED
-        elif isinstance(value, dict | list | tuple | BaseModel):
+        elif type(value) not in _SCALARS and isinstance(value, dict | list | tuple | BaseModel):
             event_dict[key] = _scrub(value, _NESTED_DEPTH)
     return event_dict
 
@@ -94,15 +101,22 @@ def drop_color_message(_: WrappedLogger, __: str, event_dict: EventDict) -> Even
     return event_dict
 
 
+def add_timestamp(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """The time, rendered by orjson (`2026-12-01T09:30:00.123456Z`): structlog's ISO TimeStamper
+    formats it in Python, 4 µs a line; orjson does it in C while it writes the line."""
+    event_dict["timestamp"] = datetime.now(UTC)
+    return event_dict
+
+
 def _dumps(event_dict: Any, **_: Any) -> bytes:
     # orjson: about 5x faster than json.dumps and returns bytes, which BytesLogger writes as is.
-    return orjson.dumps(event_dict, default=repr)
+    return orjson.dumps(event_dict, default=repr, option=orjson.OPT_UTC_Z)
 
 
 _SHARED: list[Processor] = [
     structlog.contextvars.merge_contextvars,
     structlog.processors.add_log_level,
-    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    add_timestamp,
     add_trace_context,
 ]
 

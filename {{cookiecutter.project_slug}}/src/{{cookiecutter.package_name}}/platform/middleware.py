@@ -19,7 +19,7 @@ line and record the request in the metrics (its exported trace as the latency's 
 
 from __future__ import annotations
 
-import os
+import random
 import re
 import time
 
@@ -88,7 +88,8 @@ class RequestContextMiddleware:
         headers = Headers(scope=scope)
         request_id = headers.get(REQUEST_ID_HEADER, "")
         if not _SAFE_REQUEST_ID.fullmatch(request_id):
-            request_id = os.urandom(16).hex()  # as unique as a uuid4, at a quarter of its cost
+            # 128 random bits, as unique as a uuid4: an id, not a secret, so no system call for it.
+            request_id = f"{random.getrandbits(128):032x}"
         # A copy: `request.state` must be this request's alone. uvicorn copies the lifespan state per
         # request, but not every server (or test transport) does.
         scope["state"] = {**scope.get("state", {}), "request_id": request_id}
