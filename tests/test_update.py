@@ -112,7 +112,7 @@ def test_an_update_brings_the_release_and_keeps_the_teams_work(releases: Path, t
     # The team's own work: the example domain and a setting.
     replace(project / f"{PACKAGE}/orders/router.py", "MAX_PAGE_SIZE = 100", "MAX_PAGE_SIZE = 50")
     replace(
-        project / f"{PACKAGE}/settings.py",
+        project / f"{PACKAGE}/settings/fields.py",
         "db_pool_size: int = Field(default=10,",
         "db_pool_size: int = Field(default=20,",
     )
@@ -127,7 +127,7 @@ def test_an_update_brings_the_release_and_keeps_the_teams_work(releases: Path, t
     assert '"tenacity>=9.1,<10"' in (project / "pyproject.toml").read_text()  # and the bump, locked
     assert 'specifier = ">=9.1,<10"' in (project / "uv.lock").read_text()
     assert "MAX_PAGE_SIZE = 50" in (project / f"{PACKAGE}/orders/router.py").read_text()  # ours stay
-    assert "db_pool_size: int = Field(default=20," in (project / f"{PACKAGE}/settings.py").read_text()
+    assert "db_pool_size: int = Field(default=20," in (project / f"{PACKAGE}/settings/fields.py").read_text()
     conflicted = subprocess.run(
         ["git", "grep", "-lE", "^(<<<<<<<|>>>>>>>)"], cwd=project, capture_output=True, text=True
     )

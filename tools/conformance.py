@@ -35,7 +35,7 @@ from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
 PROBLEM_JSON = "application/problem+json"
-# The default of MAX_BODY_BYTES in a baked service's settings.py.
+# The default of MAX_BODY_BYTES in a baked service's settings/fields.py.
 DEFAULT_BODY_LIMIT_BYTES = 1024 * 1024
 MAX_READ_BYTES = 4 * 1024 * 1024
 LIVENESS_PATHS = ("/health", "/healthz", "/livez")

@@ -2,10 +2,13 @@
 
 `create` builds the production app (`create_app`) and adds, under `/_test`, routes that exercise
 what every service gets: an idempotent POST that may call an upstream through the resilient client
-and may hold until the test releases it, a read that uses the request's session, and every
-response's `X-Worker-Pid` (which process served it). In-process tests call
-`create(settings, ...)`; a real server serves it with `tests.service.running(..., app=APP)`
-(`python -m tests.serve`, the service's own `serve` command). The production app never has them.
+and may hold until the test releases it, a GET that calls a named upstream and answers its status,
+a read that uses the request's session, and every response's `X-Worker-Pid` (which process served
+it). In-process tests call `create(settings, ...)` and serve it with `tests.conftest.serving`; a
+real server serves it with `tests.service.running(..., app=APP)` (`python -m tests.serve`, the
+service's own `serve` command). The production app never has them. A route that several tests
+share, or that a real server must serve, goes here, once for both; a route one test needs stays
+inline in that test, beside what it checks.
 
 Holding is signalled, not slept on: the route touches `<signals>/<name>.held` once it holds (before
 any statement, so it holds no pooled connection) and waits for `<signals>/<name>.release`.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +46,7 @@ from {{ cookiecutter.package_name }}.platform.resilience import UpstreamUnavaila
 from {{ cookiecutter.package_name }}.settings import Settings
 
 APP = "tests.app:create"
-UPSTREAM = "test-upstream"  # its breaker and metrics carry this name
+UPSTREAM = "test-upstream"  # POST /_test/effects calls it; its breaker and metrics carry this name
 HOLD_LIMIT_S = 30.0  # a hold nobody releases ends (500) rather than hanging the test
 
 router = APIRouter(prefix="/_test", route_class=IdempotentRoute)
@@ -57,7 +61,7 @@ class Effect(BaseModel):
 async def make_effect(body: Effect, request: Request, session: SessionDep, claim: ClaimDep) -> dict[str, Any]:
     state = request.app.state
     if body.upstream:
-        upstream = state.upstreams.get(UPSTREAM, state.test_upstream_url)
+        upstream = state.upstreams.get(UPSTREAM, state.test_upstreams[UPSTREAM])
         answer = await upstream.request(
             "POST", "/calls", json={}, headers={"Idempotency-Key": claim.derive("call")}
         )
@@ -69,6 +73,14 @@ async def make_effect(body: Effect, request: Request, session: SessionDep, claim
     # answer the platform stores in this transaction (idempotency_keys), committed with it.
     await session.execute(text("SELECT 1"))
     return {"pid": os.getpid()}
+
+
+@router.get("/call/{name}")
+async def call(name: str, request: Request) -> dict[str, int]:
+    """Calls the upstream `name` (its URL given to `create`) the way a domain's route does."""
+    state = request.app.state
+    response = await state.upstreams.get(name, state.test_upstreams[name]).request("GET", "/thing")
+    return {"status": response.status_code}
 
 
 @router.get("/read")
@@ -106,12 +118,19 @@ class WorkerPid:
 
 
 def create(
-    settings: Settings | None = None, *, upstream_url: str | None = None, signals: Path | None = None
+    settings: Settings | None = None,
+    *,
+    upstreams: Mapping[str, str] | None = None,
+    signals: Path | None = None,
 ) -> FastAPI:
-    """The test app; a real server (uvicorn's factory, no arguments) reads TEST_UPSTREAM_URL and
-    TEST_SIGNALS_DIR from its environment."""
+    """The test app; `upstreams` maps a name to its URL (`UPSTREAM`: the one POST /_test/effects
+    calls). A real server (uvicorn's factory, no arguments) reads TEST_UPSTREAM_URL (`UPSTREAM`'s)
+    and TEST_SIGNALS_DIR from its environment."""
     app = create_app(settings)
-    app.state.test_upstream_url = upstream_url or os.environ.get("TEST_UPSTREAM_URL", "http://127.0.0.1:9")
+    app.state.test_upstreams = {
+        UPSTREAM: os.environ.get("TEST_UPSTREAM_URL", "http://127.0.0.1:9"),
+        **(upstreams or {}),
+    }
     app.state.test_signals = signals or Path(os.environ.get("TEST_SIGNALS_DIR", "."))
     app.include_router(router)
     app.include_router(limited_router, dependencies=[ratelimit.Limited], responses=ratelimit.RESPONSES)

@@ -99,7 +99,7 @@ def test_the_budget_counts_the_hpa_maximum_and_the_surge(tmp_path: Path) -> None
 
 
 def test_one_pod_of_the_shipped_configuration_fits_the_database() -> None:
-    """The start-up check (settings.py) accepts the shipped pool against the shipped limit."""
+    """The start-up check (settings/checks.py) accepts the shipped pool against the shipped limit."""
     config = deploy_config()
     names = ("DB_POOL_SIZE", "DB_MAX_OVERFLOW", "DATABASE_MAX_CONNECTIONS")
     Settings(**{name.lower(): config[name] for name in names})  # type: ignore[arg-type]

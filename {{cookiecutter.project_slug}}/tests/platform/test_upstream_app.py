@@ -2,22 +2,20 @@
 call, and what an operator alerts on reads right on /metrics (`circuit_breaker_state`,
 `upstream_calls_total`, `service_ready`).
 
-No domain is needed: each test adds a test-only route that calls `app.state.upstreams`, the way a
-domain's route does, against a real scripted upstream on 127.0.0.1.
+No domain is needed: the test app's `GET /_test/call/{name}` (tests/app.py) calls
+`app.state.upstreams`, the way a domain's route does, against a real scripted upstream on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
-from fastapi import FastAPI
-from fastapi import Request
 from sqlalchemy.engine import URL
 
 from {{ cookiecutter.package_name }}.main import create_app
 
+from tests.app import create
 from tests.conftest import make_settings
 from tests.conftest import sample
 from tests.conftest import scrape
@@ -25,17 +23,6 @@ from tests.conftest import serving
 from tests.upstream import Reply
 from tests.upstream import ScriptedUpstream
 from tests.upstream import closed_port
-
-
-def with_upstreams(app: FastAPI, **urls: str) -> FastAPI:
-    """`GET /test/call/{name}` calls the upstream `name` (at `urls[name]`) and answers its status."""
-
-    async def call(name: str, request: Request) -> dict[str, Any]:
-        response = await request.app.state.upstreams.get(name, urls[name]).request("GET", "/thing")
-        return {"status": response.status_code}
-
-    app.add_api_route("/test/call/{name}", call, methods=["GET"])
-    return app
 
 
 async def test_a_hanging_upstream_is_answered_504_at_the_request_deadline(database_url: URL) -> None:
@@ -53,10 +40,10 @@ async def test_a_hanging_upstream_is_answered_504_at_the_request_deadline(databa
         db_pool_timeout_s=0.4,
     )
     async with ScriptedUpstream(default=Reply(hang=True)) as hanging:
-        app = with_upstreams(create_app(settings), hanging=hanging.url)
+        app = create(settings, upstreams={"hanging": hanging.url})
         async with serving(app) as client:
             started = time.monotonic()
-            response = await client.get("/test/call/hanging")
+            response = await client.get("/_test/call/hanging")
             took = time.monotonic() - started
     assert response.status_code == 504
     assert response.json()["type"].endswith("upstream-timeout")
@@ -71,7 +58,7 @@ async def test_the_breaker_gauge_reads_2_open_1_half_open_0_closed(database_url:
     gate = asyncio.Event()
     now = [1000.0]
     async with ScriptedUpstream(default=Reply(500)) as server:
-        app = with_upstreams(create_app(settings), flaky=server.url)
+        app = create(settings, upstreams={"flaky": server.url})
         async with serving(app) as client:
             # The breaker's clock, moved by the test: a slow scrape cannot end the break early.
             app.state.upstreams.clock = lambda: now[0]
@@ -79,16 +66,16 @@ async def test_the_breaker_gauge_reads_2_open_1_half_open_0_closed(database_url:
             async def state() -> float | None:
                 return sample(await scrape(app), "circuit_breaker_state", upstream="flaky")
 
-            assert (await client.get("/test/call/flaky")).status_code == 503
+            assert (await client.get("/_test/call/flaky")).status_code == 503
             assert await state() == 2
-            refused = await client.get("/test/call/flaky")
+            refused = await client.get("/_test/call/flaky")
             assert refused.status_code == 503
             assert "retry-after" in refused.headers
             assert len(server.received) == 1  # refused by the open circuit, not sent
 
             now[0] += settings.breaker_reset_timeout_s  # the break is over: the next call is the probe
             server.default = Reply(200, {"ok": True}, gate=gate)
-            probe = asyncio.create_task(client.get("/test/call/flaky"))
+            probe = asyncio.create_task(client.get("/_test/call/flaky"))
             await server.arrival(2)  # the probe is at the upstream, held there by the gate
             assert await state() == 1
             gate.set()
@@ -112,16 +99,18 @@ async def test_upstream_calls_are_counted_by_outcome(database_url: URL) -> None:
         ScriptedUpstream(default=Reply(500)) as failing,
         ScriptedUpstream(default=Reply(hang=True)) as hanging,
     ):
-        app = with_upstreams(
-            create_app(settings),
-            healthy=healthy.url,
-            failing=failing.url,
-            hanging=hanging.url,
-            down=f"http://127.0.0.1:{closed_port()}",
+        app = create(
+            settings,
+            upstreams={
+                "healthy": healthy.url,
+                "failing": failing.url,
+                "hanging": hanging.url,
+                "down": f"http://127.0.0.1:{closed_port()}",
+            },
         )
         async with serving(app) as client:
             statuses = [
-                (await client.get(f"/test/call/{name}")).status_code
+                (await client.get(f"/_test/call/{name}")).status_code
                 for name in ("healthy", "healthy", "failing", "failing", "failing", "hanging", "down")
             ]
             exposition = await scrape(app)

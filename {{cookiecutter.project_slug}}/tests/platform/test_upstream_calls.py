@@ -12,6 +12,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 
+from tests.app import UPSTREAM
 from tests.app import create
 from tests.conftest import make_settings
 from tests.conftest import serving
@@ -39,7 +40,7 @@ async def test_requests_waiting_on_an_upstream_hold_no_pooled_connection(
     timeout, 503)."""
     upstream.default = Reply(201, {}, delay_s=2.0)  # within HTTP_ATTEMPT_TIMEOUT_S (3 s)
     settings = make_settings(database_url, db_pool_size=2, db_max_overflow=0, db_pool_timeout_s=1.0)
-    async with serving(create(settings, upstream_url=upstream.url)) as client:
+    async with serving(create(settings, upstreams={UPSTREAM: upstream.url})) as client:
         posts = [asyncio.create_task(_post(client)) for _ in range(8)]
         await upstream.arrival(8)  # every request is now waiting on the upstream
         read = await client.get("/_test/read")

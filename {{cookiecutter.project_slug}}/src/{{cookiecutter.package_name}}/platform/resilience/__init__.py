@@ -7,7 +7,7 @@ Resilience4j. Tuned by `REQUEST_TIMEOUT_S` (the total: the request's deadline),
 `HTTP_MAX_RESPONSE_BYTES`, `HTTP_RETRY_ATTEMPTS`, `HTTP_RETRY_BACKOFF_S`, `HTTP_RETRY_MAX_WAIT_S`,
 `HTTP_RETRY_BUDGET_RATIO`, `BREAKER_FAILURE_RATIO`, `BREAKER_MIN_THROUGHPUT`, `BREAKER_SAMPLING_S`,
 `BREAKER_SLOW_CALL_RATIO`, `BREAKER_SLOW_CALL_S`, `BREAKER_FAIL_MAX`, `BREAKER_RESET_TIMEOUT_S`,
-`BREAKER_HALF_OPEN_PROBES`. Conflicting values stop the process at start-up (`settings.py`).
+`BREAKER_HALF_OPEN_PROBES`. Conflicting values stop the process at start-up (`settings/checks.py`).
 
 One idea a module, arrows pointing down: `upstream` (the call and its retry loop) uses `breaker`
 (pybreaker's states, opened on a failure ratio over `window`), `budget`, `bounded` (answers read

@@ -1,15 +1,12 @@
-"""Configuration, read once from the environment (12-factor).
+"""The `Settings` fields: one per environment variable, each with its unit, default and bounds.
 
-Every field maps to an upper-case environment variable of the same name; units are in the names
-(`_s` seconds, `_bytes`). Nothing here holds a secret's value: `DATABASE_URL` and
-`MIGRATION_DATABASE_URL` come from the environment (Kubernetes Secrets in production) and are never
-logged. Invalid values stop the process at start-up with one line per bad variable
-(`load_settings`), never a traceback.
+A field's comment says which standard it tunes (the platform module that reads it) and why its
+default is what it is. Each field is checked here on its own (range, format, a URL's scheme);
+checks between fields are in checks.py, run once these pass.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 from typing import Literal
@@ -18,15 +15,15 @@ import limits
 from pydantic import Field
 from pydantic import HttpUrl
 from pydantic import SecretStr
-from pydantic import ValidationError
 from pydantic import field_validator
 from pydantic import model_validator
 from pydantic_settings import BaseSettings
 from pydantic_settings import NoDecode
 from pydantic_settings import SettingsConfigDict
 from sqlalchemy.engine import URL
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+
+from {{ cookiecutter.package_name }}.settings import checks
+from {{ cookiecutter.package_name }}.settings.database_url import to_async_url
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 PositiveSeconds = Annotated[float, Field(gt=0, le=30 * 24 * 3600)]
@@ -36,11 +33,6 @@ PositiveSeconds = Annotated[float, Field(gt=0, le=30 * 24 * 3600)]
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
-
-# The async driver the service speaks; a plain `postgresql://` URL is rewritten to it.
-ASYNC_DRIVER = "postgresql+asyncpg"
-# PostgreSQL's default: connections only a superuser may open, out of max_connections.
-SUPERUSER_RESERVED_CONNECTIONS = 3
 
 
 class Settings(BaseSettings):
@@ -269,19 +261,8 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _authentication_configured(self) -> Settings:
-        if self.auth_jwks_url is not None and self.auth_mode != "none":
-            if not self.auth_issuer or not self.auth_audience:
-                raise ValueError("AUTH_JWKS_URL needs AUTH_ISSUER and AUTH_AUDIENCE")
-        elif self.auth_mode == "jwt":
-            raise ValueError("AUTH_MODE=jwt needs AUTH_JWKS_URL, AUTH_ISSUER and AUTH_AUDIENCE")
-        elif self.auth_mode is None and self.environment != "development":
-            raise ValueError(
-                f"ENVIRONMENT={self.environment} needs AUTH_JWKS_URL, AUTH_ISSUER and AUTH_AUDIENCE "
-                "(or AUTH_MODE=none when a gateway or mesh authenticates)"
-            )
-        if self.auth_jwks_min_refresh_s > self.auth_jwks_cache_s:
-            raise ValueError("AUTH_JWKS_MIN_REFRESH_S must not be longer than AUTH_JWKS_CACHE_S")
+    def _consistent(self) -> Settings:
+        checks.check(self)  # the checks between settings (checks.py), once each field is valid
         return self
 
     def auth_resolved_mode(self) -> Literal["jwt", "none", "development"]:
@@ -289,72 +270,6 @@ class Settings(BaseSettings):
         if self.auth_mode is not None:
             return self.auth_mode
         return "jwt" if self.auth_jwks_url is not None else "development"
-
-    @model_validator(mode="after")
-    def _waits_fit_the_deadline(self) -> Settings:
-        """Every conflict found, one line each naming its settings (as .NET's options validator)."""
-        conflicts = []
-        if self.db_pool_timeout_s >= self.request_timeout_s:
-            conflicts.append("DB_POOL_TIMEOUT_S must be shorter than REQUEST_TIMEOUT_S")
-        if self.db_idle_in_transaction_timeout_s <= self.request_timeout_s:
-            conflicts.append("DB_IDLE_IN_TRANSACTION_TIMEOUT_S must be longer than REQUEST_TIMEOUT_S")
-        if self.idempotency_lease_s <= self.request_timeout_s:
-            # A live request's key must not be taken over by its own client's retry.
-            conflicts.append("IDEMPOTENCY_LEASE_S must be longer than REQUEST_TIMEOUT_S")
-        if self.http_attempt_timeout_s > self.request_timeout_s:
-            conflicts.append(
-                f"HTTP_ATTEMPT_TIMEOUT_S ({self.http_attempt_timeout_s:g}) must not be longer than "
-                f"REQUEST_TIMEOUT_S ({self.request_timeout_s:g})"
-            )
-        if self.breaker_sampling_s < 2 * self.http_attempt_timeout_s:
-            # A window shorter than two attempts sees too few outcomes of slow calls to judge.
-            conflicts.append(
-                f"BREAKER_SAMPLING_S ({self.breaker_sampling_s:g}) must be at least twice "
-                f"HTTP_ATTEMPT_TIMEOUT_S ({self.http_attempt_timeout_s:g})"
-            )
-        # Worst case: every wait at the cap (a Retry-After is honoured up to it), whatever the jitter.
-        backoff = (self.http_retry_attempts - 1) * self.http_retry_max_wait_s
-        if backoff >= self.request_timeout_s:
-            conflicts.append(
-                f"HTTP_RETRY_ATTEMPTS - 1 ({self.http_retry_attempts - 1}) waits of HTTP_RETRY_MAX_WAIT_S "
-                f"({self.http_retry_max_wait_s:g}) must be shorter than REQUEST_TIMEOUT_S "
-                f"({self.request_timeout_s:g})"
-            )
-        if conflicts:
-            raise ValueError("\n".join(conflicts))
-        return self
-
-    @model_validator(mode="after")
-    def _job_lease_outlasts_a_run(self) -> Settings:
-        if self.job_lease_s <= self.job_timeout_s:
-            # A live worker's job must not be taken over, and run twice, while it still runs.
-            raise ValueError("JOB_LEASE_S must be longer than JOB_TIMEOUT_S")
-        return self
-
-    @model_validator(mode="after")
-    def _pool_fits_the_database(self) -> Settings:
-        # The pool, its overflow and /ready's own connection; PostgreSQL keeps
-        # superuser_reserved_connections (3 by default) for superusers.
-        wanted = self.db_pool_size + self.db_max_overflow + 1
-        if wanted > self.database_max_connections - SUPERUSER_RESERVED_CONNECTIONS:
-            raise ValueError(
-                f"DB_POOL_SIZE + DB_MAX_OVERFLOW + 1 for /ready ({wanted}) must fit DATABASE_MAX_CONNECTIONS "
-                f"({self.database_max_connections}) less superuser_reserved_connections "
-                f"({SUPERUSER_RESERVED_CONNECTIONS})"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _lock_budget_holds_an_attempt(self) -> Settings:
-        if self.migration_lock_budget_s <= self.migration_lock_timeout_s:
-            raise ValueError("MIGRATION_LOCK_BUDGET_S must be longer than MIGRATION_LOCK_TIMEOUT_S")
-        return self
-
-    @model_validator(mode="after")
-    def _metrics_off_the_api_port(self) -> Settings:
-        if self.metrics_port == self.port:
-            raise ValueError("METRICS_PORT must differ from PORT: metrics are not served with the API")
-        return self
 
     @property
     def serves_docs(self) -> bool:
@@ -370,55 +285,3 @@ class Settings(BaseSettings):
         if self.migration_database_url is None:
             return self.database_async_url()
         return to_async_url(self.migration_database_url.get_secret_value())
-
-
-# libpq query parameters that have an asyncpg equivalent, and those that are refused with the
-# setting to use instead (asyncpg would otherwise fail on every connection with a TypeError).
-_SSL_MODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
-_REFUSED_PARAMETERS = {
-    "connect_timeout": "use DB_CONNECT_TIMEOUT_S",
-    "application_name": "use SERVICE_NAME",
-    "options": "use the DB_*_TIMEOUT_S settings",
-}
-
-
-def to_async_url(raw: str) -> URL:
-    """Accept `postgresql://`, `postgres://` or any `postgresql+driver://` URL, including the
-    unix-socket form `postgresql://user@/db?host=/path`, and pick the service's async driver.
-    Error messages never echo the URL: it holds the password."""
-    if raw.startswith("postgres://"):
-        raw = "postgresql://" + raw.removeprefix("postgres://")
-    try:
-        url = make_url(raw)
-        _ = url.port  # parsing the port is where a password with an unencoded ':' or '@' fails
-    except (ArgumentError, ValueError):
-        raise ValueError(
-            "not a valid URL (expected postgresql://user:password@host:5432/database; "
-            "percent-encode special characters in the password)"
-        ) from None
-    if url.get_backend_name() != "postgresql":
-        raise ValueError(f"must be a postgresql:// URL, not {url.drivername}://")
-    query = dict(url.query)
-    for name, instead in _REFUSED_PARAMETERS.items():
-        if name in query:
-            raise ValueError(f"the query parameter {name!r} is not supported: {instead}")
-    if "sslmode" in query:
-        mode = query.pop("sslmode")
-        if mode not in _SSL_MODES:
-            raise ValueError(f"sslmode must be one of {', '.join(sorted(_SSL_MODES))}")
-        query["ssl"] = mode  # asyncpg's name for the same modes
-    return url.set(drivername=ASYNC_DRIVER, query=query)
-
-
-def load_settings() -> Settings:
-    """Read the environment; on bad configuration print one line per variable and exit 2."""
-    try:
-        return Settings()
-    except ValidationError as exc:
-        for error in exc.errors():
-            variable = "_".join(str(part) for part in error["loc"][:1]).upper()
-            message = error["msg"].removeprefix("Value error, ")
-            # A conflict between settings names them itself; a validator may report several.
-            for line in message.splitlines():
-                print(f"configuration error: {variable + ': ' if variable else ''}{line}", file=sys.stderr)
-        raise SystemExit(2) from None
