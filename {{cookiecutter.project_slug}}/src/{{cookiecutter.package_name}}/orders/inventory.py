@@ -114,7 +114,8 @@ def _shortage(sku: str, *, available: int, requested: int) -> Conflict:
     )
 
 
-def _inventory(request: Request) -> Inventory:
+async def _inventory(request: Request) -> Inventory:
+    # `async`: FastAPI runs a plain `def` dependency in a worker thread, a hand-off per request.
     inventory: Inventory = request.app.state.inventory
     return inventory
 

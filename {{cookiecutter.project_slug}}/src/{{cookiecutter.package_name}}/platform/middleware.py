@@ -30,7 +30,6 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace import Status
 from opentelemetry.trace import StatusCode
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp
 from starlette.types import Message
 from starlette.types import Receive
@@ -85,7 +84,12 @@ class RequestContextMiddleware:
             return await self.app(scope, receive, send)
 
         started = time.perf_counter()
-        headers = Headers(scope=scope)
+        # One pass over the raw headers (names are lower-case in ASGI; the first of a repeated one
+        # wins, as in Starlette's `Headers`), then dictionary lookups: the request id, the body's
+        # length, and whatever the configured propagators read.
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(scope["headers"])
+        }
         request_id = headers.get(REQUEST_ID_HEADER, "")
         if not _SAFE_REQUEST_ID.fullmatch(request_id):
             # 128 random bits, as unique as a uuid4: an id, not a secret, so no system call for it.
@@ -163,7 +167,11 @@ class RequestContextMiddleware:
                 self.metrics.shed.inc()
                 await errors.overloaded(request_id)({"type": "http"}, _no_body, send_with_context)
             else:
-                await self._handle(scope, receive, send_with_context)
+                deadline_token = deadline.start(self.request_timeout_s)  # `deadline`: every wait inside
+                try:
+                    await self.app(scope, self._limited(receive), send_with_context)
+                finally:
+                    deadline.reset(deadline_token)
         except errors.PayloadTooLarge:
             # Only reached when a route reads the body itself; FastAPI's parsing answers it first.
             if not response_started:
@@ -200,13 +208,6 @@ class RequestContextMiddleware:
             otel_context.detach(token)
             # `actor_id` is bound by `auth.authenticate`, in this same context: this line carries it.
             structlog.contextvars.unbind_contextvars("request_id", "actor_id")
-
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        token = deadline.start(self.request_timeout_s)
-        try:
-            await self.app(scope, self._limited(receive), send)
-        finally:
-            deadline.reset(token)
 
     def _limited(self, receive: Receive) -> Receive:
         """Count body bytes as they arrive; a chunked body past the limit stops being read."""

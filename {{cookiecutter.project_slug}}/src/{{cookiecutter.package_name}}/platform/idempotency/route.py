@@ -139,10 +139,12 @@ async def _outlive_cancellation(work: Coroutine[Any, Any, Any]) -> None:
     await asyncio.shield(task)
 
 
-def current_principal(principal: PrincipalDep) -> str:
+async def current_principal(principal: PrincipalDep) -> str:
     """Who the key belongs to: the authenticated subject. One caller can neither replay nor probe
     another's key (the same key from another subject is another record). Depending on
-    `authenticate`, an unauthenticated request is refused before any key is claimed."""
+    `authenticate`, an unauthenticated request is refused before any key is claimed. (`async`,
+    though it awaits nothing: FastAPI runs a plain `def` dependency in a worker thread, a thread
+    hand-off per request.)"""
     return principal.subject
 
 
