@@ -12,3 +12,10 @@ request = function()
   end
   return wrk.format()
 end
+-- With PACE_MS set (the latency runs), each connection waits that long before its next request.
+local pace = tonumber(os.getenv("PACE_MS") or "")
+if pace then
+  delay = function()
+    return pace
+  end
+end

@@ -55,9 +55,14 @@ TARGETS = {
     "trivial_exported": 0.60,
     "trivial_exported_10pct": 0.60,
     "db_read": 0.85,
+    "db_read_exported": 0.85,
     "idempotent_post": 0.70,
 }
-P99_MAX_RATIO = 1.5  # a candidate's p99 against its baseline's, at most
+# A candidate's p99 against its baseline's, at most. Judged at the same offered load, half of what the
+# candidate sustains (wrk's per-connection delay): at saturation a closed loop's latency is the
+# queue's, connections / throughput, so its p99 ratio only restates the throughput ratio (shown too).
+P99_MAX_RATIO = 1.5
+LATENCY_LOAD = 0.5
 COLD_START_MAX_RATIO = 1.15  # the service's start to /ready against bare FastAPI + SQLAlchemy's, at most
 # A token lives for hours in the bench (an identity provider's are minutes): one token, as a client
 # sends with every request.
@@ -403,21 +408,32 @@ def main() -> int:
     exported: dict[str, dict[str, int]] = {}
     try:
         order_id = prepare_database(database_url)
-        ports = {name: free_port() for name in ("bare", "service", "exported", "exported_10pct")}
+        ports = {
+            name: free_port() for name in ("bare", "service", "exported", "exported_10pct", "db_exported")
+        }
         otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink_url}
         ratio = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
         servers.append(start_server("apps.bare:create_app", ports["bare"], database_url))
         servers.append(start_server("apps.service:create_app", ports["service"], runtime_url, **auth))
         if "trivial_exported" in chosen:
             servers.append(start_server("apps.service:create_app", ports["exported"], runtime_url, **otlp))
+        if "db_read_exported" in chosen:
+            servers.append(
+                start_server("apps.service:create_app", ports["db_exported"], runtime_url, **auth, **otlp)
+            )
         if "trivial_exported_10pct" in chosen:
             servers.append(
                 start_server("apps.service:create_app", ports["exported_10pct"], runtime_url, **otlp, **ratio)
             )
         url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
         wait_http(f"{url['bare']}/ping")
-        for name in ("service", "exported", "exported_10pct"):
-            if name == "service" or f"trivial_{name}" in chosen:
+        for name, scenario in (
+            ("service", None),
+            ("exported", "trivial_exported"),
+            ("exported_10pct", "trivial_exported_10pct"),
+            ("db_exported", "db_read_exported"),
+        ):
+            if scenario is None or scenario in chosen:
                 wait_http(f"{url[name]}/ready")
 
         post = APPS / "post.lua"
@@ -437,6 +453,10 @@ def main() -> int:
             "db_read": (
                 (f"{url['bare']}/v1/orders/{order_id}", None, bearer, {}),
                 (f"{url['service']}/v1/orders/{order_id}", None, bearer, {}),
+            ),
+            "db_read_exported": (
+                (f"{url['bare']}/v1/orders/{order_id}", None, bearer, {}),
+                (f"{url['db_exported']}/v1/orders/{order_id}", None, bearer, {}),
             ),
             "idempotent_post": (
                 (f"{url['service']}/v1/orders-plain", post, bearer, {"IDEMPOTENT": "0"}),
@@ -475,6 +495,22 @@ def main() -> int:
                         counts = exported.setdefault(name, {"spans": 0, "requests": 0})
                         counts["spans"] += spans_received(sink_url) - before
                         counts["requests"] += round(result["requests"])
+
+        # Latency at the same offered load for both sides: half of what the candidate sustained.
+        paced: dict[str, dict[str, dict[str, float]]] = {}
+        for name, (baseline, candidate) in pairs.items():
+            rps = statistics.median(run["rps"] for run in runs[name]["candidate"])
+            pace_ms = max(1, round(args.connections * 1000 / (LATENCY_LOAD * rps)))
+            paced[name] = {}
+            for side, (target, script, headers, env) in (("baseline", baseline), ("candidate", candidate)):
+                paced[name][side] = measure(
+                    target,
+                    script or APPS / "paced.lua",
+                    headers,
+                    env | {"PACE_MS": str(pace_ms)},
+                    args.duration,
+                )
+            paced[name]["pace_ms"] = {"value": float(pace_ms)}
 
         starts = [cold_start(runtime_url, auth) for _ in range(args.cold_starts)]
         bare_starts = [cold_start_bare(database_url) for _ in range(args.cold_starts)]
@@ -522,7 +558,14 @@ def main() -> int:
         entry["ratio"] = round(statistics.median(paired), 3)
         entry["target"] = TARGETS[name]
         entry["pass"] = entry["ratio"] >= TARGETS[name]
-        entry["p99_ratio"] = round(entry["candidate"]["p99_ms"] / entry["baseline"]["p99_ms"], 3)
+        entry["saturated_p99_ratio"] = round(entry["candidate"]["p99_ms"] / entry["baseline"]["p99_ms"], 3)
+        at_load = paced[name]
+        entry["latency_at_load"] = {
+            "pace_ms": at_load["pace_ms"]["value"],
+            "baseline": {key: at_load["baseline"][key] for key in ("rps", "p50_ms", "p99_ms")},
+            "candidate": {key: at_load["candidate"][key] for key in ("rps", "p50_ms", "p99_ms")},
+        }
+        entry["p99_ratio"] = round(at_load["candidate"]["p99_ms"] / at_load["baseline"]["p99_ms"], 3)
         entry["p99_pass"] = entry["p99_ratio"] <= P99_MAX_RATIO
         report["scenarios"][name] = entry
     args.out.mkdir(parents=True, exist_ok=True)
@@ -542,7 +585,12 @@ def markdown(report: dict[str, Any]) -> str:
             "bare FastAPI",
             "full stack, OTLP export, 10%",
         ),
-        "db_read": ("authenticated read `GET /v1/orders/{id}`", "FastAPI + SQLAlchemy", "service"),
+        "db_read": ("authenticated read `GET /v1/orders/{id}`", "FastAPI + SQLAlchemy", "service, default"),
+        "db_read_exported": (
+            "authenticated read `GET /v1/orders/{id}`",
+            "FastAPI + SQLAlchemy",
+            "service, OTLP export (request and statement spans)",
+        ),
         "idempotent_post": ("`POST /v1/orders`", "without idempotency", "with Idempotency-Key"),
     }
 
@@ -552,9 +600,10 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"Measured {report['date']} on {report['machine']}; {report['method']}.",
         "",
-        "| Scenario | Baseline | req/s | p50 ms | p99 ms | Candidate | req/s | p50 ms | p99 ms "
-        "| Ratio | Target | p99 ratio (<= 1.5x) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "Throughput, each side saturated (wrk's closed loop):",
+        "",
+        "| Scenario | Baseline | req/s | p50 ms | p99 ms | Candidate | req/s | p50 ms | p99 ms | Ratio | Target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in report["scenarios"].items():
         title, baseline, candidate = names[name]
@@ -562,8 +611,24 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {title} | {baseline} | {b['rps']:.0f} | {b['p50_ms']} | {b['p99_ms']} | {candidate} | "
             f"{c['rps']:.0f} | {c['p50_ms']} | {c['p99_ms']} | {entry['ratio']:.2f}x | "
-            f">= {entry['target']:.2f}x {verdict(entry['pass'])} | "
-            f"{entry['p99_ratio']:.2f}x {verdict(entry['p99_pass'])} |"
+            f">= {entry['target']:.2f}x {verdict(entry['pass'])} |"
+        )
+    lines += [
+        "",
+        f"Latency at the same offered load, {LATENCY_LOAD:.0%} of what the candidate sustained (each "
+        "connection waits `pace` ms between requests); the saturated p99 ratio is the queue's, shown for reference:",
+        "",
+        "| Scenario | Candidate | pace ms | baseline p50 / p99 ms | candidate p50 / p99 ms | p99 ratio (<= 1.5x) "
+        "| saturated p99 ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in report["scenarios"].items():
+        title, _, candidate = names[name]
+        at = entry["latency_at_load"]
+        lines.append(
+            f"| {title} | {candidate} | {at['pace_ms']:.0f} | {at['baseline']['p50_ms']} / "
+            f"{at['baseline']['p99_ms']} | {at['candidate']['p50_ms']} / {at['candidate']['p99_ms']} | "
+            f"{entry['p99_ratio']:.2f}x {verdict(entry['p99_pass'])} | {entry['saturated_p99_ratio']:.2f}x |"
         )
     errors = [
         f"{name} {side}: {entry[side]['non_2xx']:.0f} non-2xx, {entry[side]['socket_errors']:.0f} socket errors"

@@ -35,13 +35,34 @@ def test_make_bench_runs_and_reports_every_scenario(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((tmp_path / "latest.json").read_text())
-    assert set(report["scenarios"]) == {"trivial", "db_read", "idempotent_post"}
+    assert set(report["scenarios"]) == {
+        "trivial",
+        "trivial_exported",
+        "trivial_exported_10pct",
+        "db_read",
+        "db_read_exported",
+        "idempotent_post",
+    }
     for name, entry in report["scenarios"].items():
         for side in ("baseline", "candidate"):
             assert entry[side]["rps"] > 0, name
             assert entry[side]["non_2xx"] == 0, (name, side)
             assert entry[side]["socket_errors"] == 0, (name, side)
+            assert entry["latency_at_load"][side]["p99_ms"] > 0, (name, side)
         assert entry["ratio"] > 0
+        # Every target is judged, not only measured.
+        assert entry["pass"] is (entry["ratio"] >= entry["target"])
+        assert entry["p99_pass"] is (entry["p99_ratio"] <= 1.5)
+    # The exported scenarios reached a real OTLP receiver: spans arrived, about one per request
+    # (the read's statements add theirs), and the 10% sampler sent fewer.
+    exported = report["exported"]
+    assert exported["trivial_exported"]["spans"] >= 0.9 * exported["trivial_exported"]["requests"] > 0
+    assert exported["db_read_exported"]["spans"] >= 1.5 * exported["db_read_exported"]["requests"] > 0
+    ten = exported["trivial_exported_10pct"]
+    assert 0 < ten["spans"] < 0.5 * ten["requests"]
     assert report["cold_start_s"] > 0
     assert report["cold_start_bare_s"] > 0
-    assert "| trivial route" in (tmp_path / "latest.md").read_text()
+    assert report["cold_start_pass"] is (report["cold_start_ratio"] <= 1.15)
+    table = (tmp_path / "latest.md").read_text()
+    assert "| trivial route" in table
+    assert "pass" in table or "fail" in table
