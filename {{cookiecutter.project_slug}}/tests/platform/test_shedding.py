@@ -68,6 +68,7 @@ async def test_the_excess_is_503_with_retry_after_at_once_while_probes_stay_200(
         assert answer.headers["retry-after"] == "1"
         assert answer.headers["content-type"] == "application/problem+json"
         assert answer.json()["type"] == "/problems/overloaded"
+        assert answer.json()["detail"]
         assert answer.headers["x-request-id"] == answer.json()["request_id"]
     assert (health.status_code, ready.status_code) == (200, 200)
     assert after.status_code == 200
