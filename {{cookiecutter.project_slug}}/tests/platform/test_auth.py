@@ -135,6 +135,19 @@ async def test_a_valid_token_is_served_as_its_principal(
     assert response.json() == {"subject": "alice", "tenant": "acme", "scopes": ["items:read", "items:write"]}
 
 
+@pytest.mark.parametrize(
+    "scp", [["items:read", "items:write", 7], "items:read items:write"], ids=["scp list", "scp string"]
+)
+async def test_scopes_in_scp_count_and_an_empty_tenant_is_none(
+    client: httpx.AsyncClient, idp: JwksServer, scp: object
+) -> None:
+    """Azure AD and Okta put the scopes in `scp`, a list or a string, instead of `scope`."""
+    token = idp.token(scope=None, scp=scp, subject="bob", tenant="")
+    response = await client.get("/items", headers=bearer(token))
+    assert response.status_code == 200, response.text
+    assert response.json() == {"subject": "bob", "tenant": None, "scopes": ["items:read", "items:write"]}
+
+
 async def test_a_missing_token_is_401_with_a_bearer_challenge(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
@@ -164,6 +177,7 @@ def bad_tokens(idp: JwksServer) -> dict[str, str]:
         "not a JWT": "not-a-jwt",
         "no exp": idp.token(exp=None),
         "an algorithm off the allow-list": idp.token(alg="RS512"),  # the key itself would verify it
+        "empty subject": idp.token(subject=""),  # no one to act as
     }
 
 
@@ -180,6 +194,7 @@ def bad_tokens(idp: JwksServer) -> dict[str, str]:
         "not a JWT",
         "no exp",
         "an algorithm off the allow-list",
+        "empty subject",
     ],
 )
 async def test_an_invalid_token_is_401_invalid_token(
@@ -196,6 +211,8 @@ async def test_an_invalid_token_is_401_invalid_token(
     )
     assert token not in response.text
     assert token not in challenge
+    if case == "empty subject":
+        assert "subject" in challenge.lower()  # the description says what is wrong with it
 
 
 async def test_an_unknown_kid_refreshes_the_keys_once(client: httpx.AsyncClient, idp: JwksServer) -> None:
