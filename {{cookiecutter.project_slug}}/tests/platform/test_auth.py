@@ -211,6 +211,7 @@ async def test_an_invalid_token_is_401_invalid_token(
     )
     assert token not in response.text
     assert token not in challenge
+    assert challenge.endswith('."')  # error_description: a sentence for the client's developer
     if case == "empty subject":
         assert "subject" in challenge.lower()  # the description says what is wrong with it
 
