@@ -178,7 +178,15 @@ def bad_tokens(idp: JwksServer) -> dict[str, str]:
         "no exp": idp.token(exp=None),
         "an algorithm off the allow-list": idp.token(alg="RS512"),  # the key itself would verify it
         "empty subject": idp.token(subject=""),  # no one to act as
+        "a key id that is not a string": with_header(idp.token(), {"alg": "RS256", "kid": 5}),
+        "a key id the identity provider does not have": idp.token(headers={"kid": "retired-key"}),
     }
+
+
+def with_header(token: str, header: dict[str, Any]) -> str:
+    """`token` under another header (its signature no longer matches: the header is refused first)."""
+    _, payload, signature = token.split(".")
+    return f"{b64(json.dumps(header).encode())}.{payload}.{signature}"
 
 
 @pytest.mark.parametrize(
@@ -195,6 +203,8 @@ def bad_tokens(idp: JwksServer) -> dict[str, str]:
         "no exp",
         "an algorithm off the allow-list",
         "empty subject",
+        "a key id that is not a string",
+        "a key id the identity provider does not have",
     ],
 )
 async def test_an_invalid_token_is_401_invalid_token(
