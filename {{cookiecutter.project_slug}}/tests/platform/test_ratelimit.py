@@ -229,7 +229,8 @@ async def test_limits_own_strategy_counts_costs_and_clears_on_the_database(datab
         assert await strategy.hit(item, subject, cost=3)
         assert await storage.check()
         assert not await ratelimit.DatabaseStorage(down).check()
-        assert await storage.reset() == await storage.reset() + 1  # one window (this one), then none
+        assert await storage.reset() >= 1  # this test's window, and any other test's
+        assert await storage.reset() == 0
     finally:
         await down.dispose()
         await engine.dispose()
