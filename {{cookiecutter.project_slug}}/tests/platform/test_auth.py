@@ -195,6 +195,8 @@ def bad_tokens(idp: JwksServer) -> dict[str, str]:
         "a key id that is not a string": with_header(idp.token(), {"alg": "RS256", "kid": 5}),
         "a key id the identity provider does not have": idp.token(headers={"kid": "retired-key"}),
         "over 8 KB": idp.token(note="x" * 8192),  # refused before it is decoded
+        "a header that is not JSON": "bm90IGpzb24.e30.c2ln",
+        "a header that is not an object": f"{b64(b'[1]')}.e30.c2ln",
     }
 
 
@@ -221,6 +223,8 @@ def with_header(token: str, header: dict[str, Any]) -> str:
         "a key id that is not a string",
         "a key id the identity provider does not have",
         "over 8 KB",
+        "a header that is not JSON",
+        "a header that is not an object",
     ],
 )
 async def test_an_invalid_token_is_401_invalid_token(
