@@ -137,6 +137,33 @@ async def test_a_valid_token_is_served_as_its_principal(
     assert response.json() == {"subject": "alice", "tenant": "acme", "scopes": ["items:read", "items:write"]}
 
 
+@pytest.mark.parametrize(
+    "scp", [["items:read", "items:write", 7], "items:read items:write"], ids=["scp list", "scp string"]
+)
+async def test_scopes_in_scp_count_and_an_empty_tenant_is_none(
+    client: httpx.AsyncClient, idp: JwksServer, scp: object
+) -> None:
+    """Azure AD and Okta put the scopes in `scp`, a list or a string, instead of `scope`."""
+    token = idp.token(scope=None, scp=scp, subject="bob", tenant="")
+    response = await client.get("/items", headers=bearer(token))
+    assert response.status_code == 200, response.text
+    assert response.json() == {"subject": "bob", "tenant": None, "scopes": ["items:read", "items:write"]}
+
+
+async def test_valid_tokens_are_accepted_whatever_their_header_length(
+    client: httpx.AsyncClient, idp: JwksServer
+) -> None:
+    """A JWT's segments are base64url without padding; a header of any length must decode. And a
+    token issued a few seconds past its expiry still passes: AUTH_LEEWAY_S absorbs clock skew."""
+    now = int(time.time())
+    for extra in ("", "a", "ab", "abc"):
+        token = idp.token(headers={"cty": f"x{extra}"})
+        response = await client.get("/items", headers=bearer(token))
+        assert response.status_code == 200, (len(token.split(".")[0]) % 4, response.text)
+    late = idp.token(exp=now - 5, iat=now - 300, nbf=now - 300)
+    assert (await client.get("/items", headers=bearer(late))).status_code == 200
+
+
 async def test_a_missing_token_is_401_with_a_bearer_challenge(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
@@ -166,7 +193,19 @@ def bad_tokens(idp: JwksServer) -> dict[str, str]:
         "not a JWT": "not-a-jwt",
         "no exp": idp.token(exp=None),
         "an algorithm off the allow-list": idp.token(alg="RS512"),  # the key itself would verify it
+        "empty subject": idp.token(subject=""),  # no one to act as
+        "a key id that is not a string": with_header(idp.token(), {"alg": "RS256", "kid": 5}),
+        "a key id the identity provider does not have": idp.token(headers={"kid": "retired-key"}),
+        "over 8 KB": idp.token(note="x" * 8192),  # refused before it is decoded
+        "a header that is not JSON": "bm90IGpzb24.e30.c2ln",
+        "a header that is not an object": f"{b64(b'[1]')}.e30.c2ln",
     }
+
+
+def with_header(token: str, header: dict[str, Any]) -> str:
+    """`token` under another header (its signature no longer matches: the header is refused first)."""
+    _, payload, signature = token.split(".")
+    return f"{b64(json.dumps(header).encode())}.{payload}.{signature}"
 
 
 @pytest.mark.parametrize(
@@ -182,6 +221,12 @@ def bad_tokens(idp: JwksServer) -> dict[str, str]:
         "not a JWT",
         "no exp",
         "an algorithm off the allow-list",
+        "empty subject",
+        "a key id that is not a string",
+        "a key id the identity provider does not have",
+        "over 8 KB",
+        "a header that is not JSON",
+        "a header that is not an object",
     ],
 )
 async def test_an_invalid_token_is_401_invalid_token(
@@ -198,6 +243,9 @@ async def test_an_invalid_token_is_401_invalid_token(
     )
     assert token not in response.text
     assert token not in challenge
+    assert challenge.endswith('."')  # error_description: a sentence for the client's developer
+    if case == "empty subject":
+        assert "subject" in challenge.lower()  # the description says what is wrong with it
 
 
 async def test_an_unknown_kid_refreshes_the_keys_once(client: httpx.AsyncClient, idp: JwksServer) -> None:

@@ -118,6 +118,7 @@ async def test_an_error_is_not_cached_and_a_miss_without_a_value_fails(cache: Ca
 
 async def test_invalidate_and_put_replace_what_the_ttl_would_keep(cache: Cache[int]) -> None:
     source = Source()
+    cache.invalidate("sku")  # a write invalidates whether or not the key was ever read: no error
     await cache.get("sku", source)
     cache.invalidate("sku")
     source.value = 2

@@ -170,6 +170,7 @@ def assert_transient(response: httpx.Response, log_lines: LogLines, *, sqlstate:
     [logged] = [line for line in lines if line["event"] == "database_transient_error"]
     assert logged["level"] == "warning"
     assert logged["sqlstate"] == sqlstate
+    assert logged["problem"] == slug  # the line names the answer the client got
     assert logged["request_id"] == response.headers["x-request-id"]
     assert "exception" not in logged  # no stack trace: this is not a bug
     assert not [line for line in lines if line["event"] in {"database_error", "unhandled_exception"}]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import AsyncIterator
 from collections.abc import Callable
 from typing import Any
@@ -8,6 +10,7 @@ import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import APIRouter
 from fastapi import FastAPI
+from fastapi import HTTPException
 from pydantic import BaseModel
 from pydantic import ConfigDict
 from pydantic import Field
@@ -15,6 +18,7 @@ from sqlalchemy import text
 
 from {{ cookiecutter.package_name }}.db.session import SessionDep
 from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.platform import logs
 from {{ cookiecutter.package_name }}.platform.errors import Conflict
 
 from tests.conftest import make_settings
@@ -33,6 +37,9 @@ def assert_problem(response: httpx.Response, status: int, type_: str) -> dict[st
     assert body["status"] == status
     assert body["type"] == type_
     assert body["request_id"] == response.headers["x-request-id"]
+    # `Problem.detail` is a string in the OpenAPI document: a client may display it as it is.
+    assert isinstance(body["detail"], str)
+    assert body["detail"]
     return body
 
 
@@ -67,6 +74,20 @@ async def test_a_service_error_keeps_its_status_type_and_detail(
     body = assert_problem(await client.get("/conflict"), 409, "/problems/already-there")
     assert body["detail"] == "Already there."
     assert body["title"] == "Conflict"
+
+
+async def test_an_http_exception_with_a_structured_detail_is_still_a_problem(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """FastAPI's HTTPException takes any JSON as its detail; a problem's `detail` is a string."""
+
+    @app.get("/teapot")
+    async def teapot() -> None:
+        raise HTTPException(400, detail={"internal": "state"})
+
+    body = assert_problem(await client.get("/teapot"), 400, "/problems/bad-request")
+    assert body["detail"] == "Bad request syntax or unsupported method"
+    assert "internal" not in body["detail"]
 
 
 async def test_a_bug_is_a_500_without_internals_and_is_logged_with_its_stack(
@@ -110,7 +131,10 @@ async def test_a_body_over_the_limit_is_refused_from_its_content_length(app: Fas
             streamed = await client.post(
                 "/echo", content=chunks(), headers={"content-type": "application/json"}
             )
-            assert_problem(streamed, 413, "/problems/payload-too-large")
+            body = assert_problem(streamed, 413, "/problems/payload-too-large")
+            assert "100 bytes" in body["detail"]  # the client learns the limit it went past
+            # The rest of the body is not read: the connection cannot carry another request.
+            assert streamed.headers["connection"] == "close"
 
 
 class Item(BaseModel):
@@ -141,25 +165,39 @@ async def test_validation_errors_list_each_field_without_echoing_input(
     body = assert_problem(response, 422, "/problems/validation-error")
     fields = {tuple(error["loc"]) for error in body["errors"]}
     assert {("body", "name"), ("body", "count"), ("body", "extra")} <= fields
+    # Each field says what is wrong with it, for a client to show beside the field.
+    for error in body["errors"]:
+        assert isinstance(error["msg"], str)
+        assert error["msg"]
+        assert isinstance(error["type"], str)
     assert "secret-value" not in response.text
 
 
 async def test_a_database_that_is_down_is_a_503_not_a_bug() -> None:
+    """Refused, then silent: a 503 for the client, and for the operator a warning naming the cause."""
     async with ScriptedUpstream(default=Reply(hang=True)) as silent:
-        for url in (
-            f"postgresql://app@127.0.0.1:{closed_port()}/app",
-            f"postgresql://app@127.0.0.1:{silent.port}/app",
+        for url, cause in (
+            (f"postgresql://app@127.0.0.1:{closed_port()}/app", "ConnectionRefusedError"),
+            (f"postgresql://app@127.0.0.1:{silent.port}/app", "TimeoutError"),
         ):
             down = create_app(make_settings(url, db_connect_timeout_s=0.3))
+            sink = io.BytesIO()
+            logs.configure("INFO", stream=sink)
 
             @down.get("/query")
             async def query(session: SessionDep) -> dict[str, int]:
                 return {"one": int(await session.scalar(text("SELECT 1")) or 0)}
 
-            async with LifespanManager(down) as manager:
-                transport = httpx.ASGITransport(app=manager.app)
-                async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-                    response = await client.get("/query")
+            try:
+                async with LifespanManager(down) as manager:
+                    transport = httpx.ASGITransport(app=manager.app)
+                    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+                        response = await client.get("/query")
+            finally:
+                logs.configure("INFO")
             body = assert_problem(response, 503, "/problems/database-unavailable")
             assert response.headers["retry-after"] == "1"
             assert "127.0.0.1" not in body["detail"]
+            logged = [json.loads(line) for line in sink.getvalue().splitlines()]
+            [warning] = [line for line in logged if line["event"] == "database_unavailable"]
+            assert warning["error"] == cause

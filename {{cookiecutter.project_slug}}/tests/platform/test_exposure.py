@@ -175,9 +175,12 @@ async def test_baggage_reaches_upstreams_only_when_asked(forward: bool) -> None:
             ScriptedUpstream() as upstream,
             http.create_client(Settings(trace_forward_baggage=forward)) as client,
         ):
-            await client.get(upstream.url)
+            # As inside a request: the middleware has bound its id, which goes along either way.
+            with structlog.contextvars.bound_contextvars(request_id="req-baggage"):
+                await client.get(upstream.url)
     finally:
         otel_context.detach(token)
     [received] = upstream.received
     assert received.headers["traceparent"].split("-")[1] == f"{TRACE_ID:032x}"
     assert ("baggage" in received.headers) is forward
+    assert received.headers["x-request-id"] == "req-baggage"

@@ -19,6 +19,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import APIRouter
 from fastapi import FastAPI
+from fastapi import HTTPException
 from fastapi import Request
 from fastapi import Response
 from fastapi.responses import JSONResponse
@@ -80,6 +81,8 @@ async def make_effect(request: Request, session: SessionDep, claim: ClaimDep, re
         raise Crash("after the write, before the commit")
     if outcome == "refuse":
         raise Conflict("Refused by the domain.", slug="refused")
+    if outcome == "refuse-http":  # FastAPI's own exception, which handlers also raise
+        raise HTTPException(404, "No such thing.")
     if outcome == "raise-503":
         raise ServiceUnavailable("A dependency is down.")
     if outcome == "return-503":
@@ -222,13 +225,17 @@ async def test_concurrent_duplicates_are_refused_before_the_handler_calls_out(
     assert other.headers["idempotency-key"] not in {call.headers["idempotency-key"], "key-storm-2"}
 
 
+@pytest.mark.parametrize(
+    ("outcome", "status", "type_"),
+    [("refuse", 409, "/problems/refused"), ("refuse-http", 404, "/problems/not-found")],
+)
 async def test_a_refusal_the_handler_raises_is_stored_without_its_writes(
-    app: FastAPI, client: httpx.AsyncClient
+    app: FastAPI, client: httpx.AsyncClient, outcome: str, status: int, type_: str
 ) -> None:
-    refused = await post(client, {"n": 1, "then": "refuse"}, "key-refused")
-    again = await post(client, {"n": 1, "then": "refuse"}, "key-refused")
-    assert refused.status_code == 409
-    assert refused.json()["type"] == "/problems/refused"
+    refused = await post(client, {"n": 1, "then": outcome}, "key-refused")
+    again = await post(client, {"n": 1, "then": outcome}, "key-refused")
+    assert refused.status_code == status
+    assert refused.json()["type"] == type_
     assert again.headers["idempotent-replayed"] == "true"
     assert again.content == refused.content
     assert await effects(app) == 0  # the write before the refusal rolled back

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 from uuid import uuid4
@@ -207,6 +208,31 @@ async def test_the_database_window_counts_then_starts_again(database_url: URL) -
         assert live in keys
         assert key not in keys
     finally:
+        await engine.dispose()
+
+
+async def test_limits_own_strategy_counts_costs_and_clears_on_the_database(database_url: URL) -> None:
+    """The storage is a `limits` storage: what limits' own API does on it must hold (a weighted hit,
+    the window's reset time, clearing one caller, the health check, the reset of every window)."""
+    engine = create_async_engine(database_url)
+    down = create_async_engine(database_url.set(host="127.0.0.1", port=closed_port()))
+    try:
+        storage = ratelimit.DatabaseStorage(engine)
+        strategy = FixedWindowRateLimiter(storage)
+        item, subject = parse("3/minute"), str(uuid4())
+        assert await strategy.hit(item, subject, cost=2)
+        stats = await strategy.get_window_stats(item, subject)
+        assert stats.remaining == 1
+        assert time.time() + 50 < stats.reset_time <= time.time() + 60
+        assert not await strategy.hit(item, subject, cost=2)
+        await strategy.clear(item, subject)  # an operator lifts one caller's limit
+        assert await strategy.hit(item, subject, cost=3)
+        assert await storage.check()
+        assert not await ratelimit.DatabaseStorage(down).check()
+        assert await storage.reset() >= 1  # this test's window, and any other test's
+        assert await storage.reset() == 0
+    finally:
+        await down.dispose()
         await engine.dispose()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import time
 from collections.abc import AsyncIterator
 from collections.abc import Callable
@@ -409,6 +410,22 @@ async def test_trace_context_and_request_id_reach_the_upstream(make_upstream: Ma
     assert parent_id == f"{client_span.context.span_id:016x}"
     assert client_span.parent is not None
     assert client_span.parent.span_id == inbound.get_span_context().span_id
+
+
+async def test_a_host_that_never_accepts_the_connection_fails_after_the_connect_timeout() -> None:
+    """A listener whose accept queue is full drops further SYNs, as a host gone dark does: the
+    connect hangs. The factory's client gives up after HTTP_CONNECT_TIMEOUT_S, not the read timeout."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=5):  # fills the queue
+            settings = Settings(http_connect_timeout_s=0.2, http_read_timeout_s=30.0)
+            async with http.create_client(settings) as client:
+                started = time.monotonic()
+                with pytest.raises(httpx.ConnectTimeout):
+                    await asyncio.wait_for(client.get(f"http://127.0.0.1:{port}/"), timeout=5)
+                assert time.monotonic() - started < 2
 
 
 def test_no_bare_http_client_is_built_outside_the_factory() -> None:

@@ -62,15 +62,25 @@ async def test_the_excess_is_503_with_retry_after_at_once_while_probes_stay_200(
         after = await client.get("/slow")  # the slots are free again
         metrics = await scrape(app)
 
+        # And the limit is what it was: LIMIT in flight again, the next one is shed again.
+        slots.release = asyncio.Event()
+        again = [asyncio.create_task(client.get("/slow")) for _ in range(LIMIT)]
+        await slots.holding(2 * LIMIT + 1)
+        shed_again = await asyncio.wait_for(client.get("/slow"), timeout=5)
+        slots.release.set()
+        await asyncio.gather(*again)
+
     assert [a.status_code for a in answers] == [200] * LIMIT
     assert [s.status_code for s in shed] == [503] * 3
     for answer in shed:
         assert answer.headers["retry-after"] == "1"
         assert answer.headers["content-type"] == "application/problem+json"
         assert answer.json()["type"] == "/problems/overloaded"
+        assert answer.json()["detail"]
         assert answer.headers["x-request-id"] == answer.json()["request_id"]
     assert (health.status_code, ready.status_code) == (200, 200)
     assert after.status_code == 200
+    assert shed_again.status_code == 503
     assert "http_server_requests_shed_total 3.0" in metrics
     # Shed requests are still counted (and logged) with their status, as every request is.
     assert 'http_server_requests_total{method="GET",route="unmatched",status="503"} 3.0' in metrics
