@@ -196,6 +196,18 @@ def start_server(app: str, port: int, database_url: str, **extra: str) -> subpro
     )
 
 
+def _beside_the_load(code: str) -> subprocess.Popen[str]:
+    """`code` in the bake's production environment, on the load generator's CPU, until its stdin
+    closes; it answers on stdout."""
+    return subprocess.Popen(
+        ["taskset", "-c", LOAD_CPU, str(PROD / "python"), "-c", code],
+        cwd=PROJECT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
 def start_identity_provider() -> tuple[subprocess.Popen[str], dict[str, str], str]:
     """A real JWKS server on 127.0.0.1 (the bake's `tests/jwks.py`, its keys made now), and one RS256
     token for the example's scopes: the service's auth settings, and the token."""
@@ -206,13 +218,7 @@ def start_identity_provider() -> tuple[subprocess.Popen[str], dict[str, str], st
         f"    print(idp.token(scope='orders:read orders:write', exp=int(time.time()) + {TOKEN_TTL_S}), flush=True)\n"
         "    sys.stdin.read()\n"
     )
-    process = subprocess.Popen(
-        ["taskset", "-c", LOAD_CPU, str(PROD / "python"), "-c", code],
-        cwd=PROJECT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    process = _beside_the_load(code)
     assert process.stdout is not None
     url, issuer, audience = process.stdout.readline().split()
     token = process.stdout.readline().strip()
@@ -245,13 +251,7 @@ def start_span_sink() -> tuple[subprocess.Popen[str], str]:
         "threading.Thread(target=server.serve_forever, daemon=True).start()\n"
         "sys.stdin.read()\n"
     )
-    process = subprocess.Popen(
-        ["taskset", "-c", LOAD_CPU, str(PROD / "python"), "-c", code],
-        cwd=PROJECT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    process = _beside_the_load(code)
     assert process.stdout is not None
     return process, f"http://127.0.0.1:{process.stdout.readline().strip()}"
 
