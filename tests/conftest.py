@@ -56,6 +56,23 @@ def free_port() -> int:
         return port
 
 
+def free_port_pair(taken: frozenset[int] = frozenset()) -> int:
+    """A port P with P + 1 free too, neither in `taken`: `make run` starts its worker beside the
+    server on PORT + 1 and METRICS_PORT + 1, which another test's server could hold otherwise."""
+    for _ in range(100):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port: int = first.getsockname()[1]
+            if {port, port + 1} & taken:
+                continue
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no two adjacent free ports on 127.0.0.1")
+
+
 def make(project: Path, target: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess[str]:
     """Run a target of the baked project's Makefile, as its users would."""
     # Nor the outer make's variables: `make test PYTEST_ARGS=-v` here travels in MAKEFLAGS and would

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import TEMPLATE, free_port, make
+from tests.conftest import TEMPLATE, free_port_pair, make
 
 
 def _children(pid: int) -> list[int]:
@@ -29,7 +29,9 @@ def _processes_using(data_dir: str) -> list[str]:
 def test_make_run_serves_health_and_ready_on_a_real_port(baked: dict[str, Path]) -> None:
     project = baked["default"]
     assert make(project, "install").returncode == 0
-    port, metrics_port = free_port(), free_port()
+    # The worker `make run` starts beside the server takes PORT + 1 and METRICS_PORT + 1.
+    port = free_port_pair()
+    metrics_port = free_port_pair(taken=frozenset({port, port + 1}))
     env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"} | {
         "PORT": str(port),
         "METRICS_PORT": str(metrics_port),
