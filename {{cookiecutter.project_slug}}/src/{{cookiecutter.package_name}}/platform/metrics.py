@@ -12,7 +12,8 @@ memory, open file descriptors, start time, garbage collections (prometheus-clien
 Each app has its own registry, so two apps in one process (tests) never share counters.
 
 A latency observation carries the request's `trace_id` as an OpenMetrics exemplar when its span is
-recorded and sampled (exported: `OTEL_EXPORTER_OTLP_ENDPOINT`), so a slow bucket on a dashboard links to a trace that shows why; the scraper sees it when it
+recorded and sampled (exported: `OTEL_EXPORTER_OTLP_ENDPOINT`), so a slow bucket on a dashboard
+links to a trace that shows why; the scraper sees it when it
 asks for `application/openmetrics-text` (Prometheus does, with exemplar storage on), and the classic
 text format leaves it out. No `_created` series: they would double the number of series for a value
 no query here uses.

@@ -87,7 +87,7 @@ class Tracer(trace.NoOpTracer):
     ) -> trace.Span:
         if self._sdk is None:
             return trace.INVALID_SPAN
-        if self._provider is not None and self._provider.recording:
+        if self.recording:
             return self._sdk.start_span(
                 name, context, kind, attributes, links, start_time, record_exception, set_status_on_exception
             )
