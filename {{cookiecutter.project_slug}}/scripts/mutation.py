@@ -7,8 +7,12 @@ mutant): docs/mutation.md lists each with its reason.
 
     make mutation                                  # every module, within MUTATION_BUDGET_S
     make mutation MUTATION_MODULES="platform/deadline.py platform/resilience"
+    make mutation MUTATION_MODULES=platform/ratelimit MUTATION_TESTS=tests/platform/test_ratelimit.py
 
-MUTATION_MODULES: files or folders under the package (default: `platform db`). MUTATION_BUDGET_S
+MUTATION_MODULES: files or folders under the package (default: `platform db`). MUTATION_TESTS:
+the tests that judge them, instead of `[tool.mutmut]`'s selection; for a module every request runs
+(a middleware, the rate limiter), whose mutants the whole suite would otherwise run, minutes each.
+MUTATION_BUDGET_S
 (default 3600): mutmut is stopped then; what it checked is kept in mutants/ and the next run goes
 on from there. MUTATION_MIN_SCORE (percent, default 0: report only): fail when a module whose
 mutants were all checked scores less. The report, survivors with their diffs, is written to
@@ -34,6 +38,16 @@ REPORT = ROOT / "mutants" / "report.md"
 # `x_function__mutmut_3` or `xǁClassǁmethod__mutmut_3` after the module's dotted name.
 MUTANT = re.compile(r"^(?P<module>[\w.]+?)\.x(?:_|ǁ)[^:]*__mutmut_\d+$")
 DETECTED = {"killed", "timeout", "caught by type check"}
+# mutmut reads its configuration only from pyproject.toml; MUTATION_TESTS replaces the test selection
+# in mutmut's own process (its workers are forked from it) rather than by rewriting the user's file.
+NARROWED = """
+import sys
+from mutmut.__main__ import cli
+from mutmut.configuration import config
+config().pytest_add_cli_args_test_selection = sys.argv[1].split()
+sys.argv = ["mutmut", *sys.argv[2:]]
+cli()
+"""
 
 
 def globs(modules: list[str]) -> list[str]:
@@ -45,11 +59,13 @@ def globs(modules: list[str]) -> list[str]:
     return names
 
 
-def run(names: list[str], budget_s: float) -> bool:
+def run(names: list[str], tests: str, budget_s: float) -> bool:
     """mutmut on the mutants `names` match, one at a time (each run of the tests recreates the test
-    database, which parallel runs would drop under each other). False when the budget ran out."""
+    database, which parallel runs would drop under each other), judged by `tests` when given. False
+    when the budget ran out."""
+    command = [MUTMUT] if not tests else [sys.executable, "-c", NARROWED, tests]
     process = subprocess.Popen(
-        [MUTMUT, "run", "--max-children", "1", *names], cwd=ROOT, start_new_session=True
+        [*command, "run", "--max-children", "1", *names], cwd=ROOT, start_new_session=True
     )
     try:
         process.wait(timeout=budget_s)
@@ -114,9 +130,10 @@ def main() -> int:
     modules = os.environ.get("MUTATION_MODULES", "platform db").split()
     budget_s = float(os.environ.get("MUTATION_BUDGET_S", "3600"))
     minimum = float(os.environ.get("MUTATION_MIN_SCORE", "0"))
+    tests = os.environ.get("MUTATION_TESTS", "").strip()
     names = globs(modules)
     started = time.monotonic()
-    finished = run(names, budget_s)
+    finished = run(names, tests, budget_s)
     by_module = results([name.removesuffix("*") for name in names])
     REPORT.write_text("\n".join(report(by_module, finished, time.monotonic() - started)) + "\n")
     failing = []

@@ -16,6 +16,7 @@ import signal
 from collections.abc import AsyncIterator
 from collections.abc import Awaitable
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -384,3 +385,88 @@ async def test_a_database_error_that_is_not_transient_is_still_a_bug(
         assert logged["level"] == "error"
         assert "Traceback" in logged["exception"]
         assert "database_transient_errors_total{" not in await scrape(app)
+
+
+class Cable:
+    """A TCP hop between the app and PostgreSQL that the test can cut: `cut()` drops every
+    connection through it at once, as a network partition or a dead load balancer does, so the
+    driver sees its socket close with no error from the server (no SQLSTATE)."""
+
+    def __init__(self, server: URL) -> None:
+        self.server = server
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> Cable:
+        self._server = await asyncio.start_server(self._carry, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cut()
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        socket_dir = self.server.query.get("host")
+        if isinstance(socket_dir, str):  # the embedded server listens on a Unix socket
+            return await asyncio.open_unix_connection(f"{socket_dir}/.s.PGSQL.{self.server.port or 5432}")
+        return await asyncio.open_connection(self.server.host, self.server.port or 5432)
+
+    async def _carry(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await self._open()
+        self._writers += [client_writer, server_writer]
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with suppress(OSError):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+
+        await asyncio.gather(pipe(client_reader, server_writer), pipe(server_reader, client_writer))
+
+    def cut(self) -> None:
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+
+    def url(self) -> URL:
+        query = {key: value for key, value in self.server.query.items() if key != "host"}
+        return self.server.set(host="127.0.0.1", port=self.port, query=query)
+
+
+class TestANetworkCut:
+    @pytest.fixture
+    async def cable(self, database_url: URL) -> AsyncIterator[Cable]:
+        async with Cable(database_url) as cable:
+            yield cable
+
+    @pytest.fixture
+    def target(self, cable: Cable) -> URL:
+        return cable.url()
+
+    async def test_mid_query_is_a_503_database_unavailable(
+        self, app: FastAPI, admin: AsyncEngine, cable: Cable, log_lines: LogLines
+    ) -> None:
+        """No SQLSTATE at all: the network between the service and its database fails while a
+        query runs. The client gets 503 `database-unavailable` with Retry-After (not a 500: nothing
+        is wrong with the code), the operator a warning naming what the driver raised, and the next
+        request is served on a new connection."""
+        async with serving(app) as client:
+            request = asyncio.create_task(client.get("/sleep", params={"seconds": 5.0}))
+            await asyncio.wait_for(app.state.signals.backend_pids.get(), WAIT_S)
+            cable.cut()
+            response = await asyncio.wait_for(request, WAIT_S)
+            assert response.status_code == 503, response.text
+            assert response.json()["type"] == "/problems/database-unavailable"
+            assert int(response.headers["retry-after"]) >= 1
+            lines = log_lines()
+            [logged] = [line for line in lines if line["event"] == "database_unavailable"]
+            assert logged["level"] == "warning"
+            assert logged["error"] == "ConnectionDoesNotExistError"
+            assert logged["request_id"] == response.headers["x-request-id"]
+            assert not [line for line in lines if line["event"] in {"database_error", "unhandled_exception"}]
+            assert (await client.get("/rows")).status_code == 200

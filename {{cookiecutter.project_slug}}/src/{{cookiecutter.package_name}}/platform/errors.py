@@ -299,7 +299,10 @@ async def _database_error(request: Request, exc: Exception) -> Response:
         )
         return _render(request, transient)
     if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
-        log.warning("database_unavailable", error=type(exc.orig).__name__)
+        # The driver's own error (asyncpg's ConnectionDoesNotExistError), not the DB-API wrapper
+        # SQLAlchemy's adapter raises from it, whose name is always "Error".
+        driver_error = getattr(exc.orig, "__cause__", None) or exc.orig
+        log.warning("database_unavailable", error=type(driver_error).__name__)
         return _render(request, DatabaseUnavailable())
     # Any other database error is a bug (a constraint we did not expect, bad SQL): a 500.
     log.error("database_error", exc_info=exc)
