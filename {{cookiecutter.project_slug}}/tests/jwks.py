@@ -103,7 +103,8 @@ class JwksServer:
         alg: str | None = None,
         **claims: Any,
     ) -> str:
-        """A token signed with `key` (the RSA key by default); a claim given as None is left out."""
+        """A token signed with `key` (the RSA key by default); a claim or header given as None is
+        left out."""
         key = key or self.rsa
         now = int(time.time())
         payload = {
@@ -116,7 +117,14 @@ class JwksServer:
             "scope": scope,
             **claims,
         }
-        payload = {name: value for name, value in payload.items() if value is not None}
+        payload = without_none(payload)
         return jwt.encode(
-            payload, key.private, algorithm=alg or key.alg, headers={"kid": key.kid, **(headers or {})}
+            payload,
+            key.private,
+            algorithm=alg or key.alg,
+            headers=without_none({"kid": key.kid, **(headers or {})}),
         )
+
+
+def without_none(fields: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in fields.items() if value is not None}

@@ -35,6 +35,7 @@ from {{ cookiecutter.package_name }}.platform.auth import Principal
 from {{ cookiecutter.package_name }}.platform.auth import PrincipalDep
 from {{ cookiecutter.package_name }}.platform.auth import require
 from {{ cookiecutter.package_name }}.platform.auth.keys import JwksCache
+from {{ cookiecutter.package_name }}.platform.auth.tokens import MAX_TOKEN_CHARS
 from {{ cookiecutter.package_name }}.platform.auth.tokens import InvalidToken
 from {{ cookiecutter.package_name }}.platform.auth.tokens import TokenVerifier
 from {{ cookiecutter.package_name }}.platform.idempotency import ClaimDep
@@ -156,12 +157,69 @@ async def test_valid_tokens_are_accepted_whatever_their_header_length(
     """A JWT's segments are base64url without padding; a header of any length must decode. And a
     token issued a few seconds past its expiry still passes: AUTH_LEEWAY_S absorbs clock skew."""
     now = int(time.time())
-    for extra in ("", "a", "ab", "abc"):
-        token = idp.token(headers={"cty": f"x{extra}"})
+    lengths = set()
+    for extra in range(24):  # every header length modulo 4, and modulo the next few sizes
+        token = idp.token(headers={"cty": "x" * extra})
+        lengths.add(len(token.split(".")[0]))
         response = await client.get("/items", headers=bearer(token))
         assert response.status_code == 200, (len(token.split(".")[0]) % 4, response.text)
+    assert {length % 4 for length in lengths} == {0, 2, 3}  # 1 is no base64 length
     late = idp.token(exp=now - 5, iat=now - 300, nbf=now - 300)
     assert (await client.get("/items", headers=bearer(late))).status_code == 200
+
+
+def token_of_length(idp: JwksServer, length: int) -> str:
+    """A valid token exactly `length` characters long (base64url skips lengths of 1 modulo 4,
+    so the header's length is varied too)."""
+    for extra in range(4):
+        headers = {"cty": "x" * extra}
+        short = len(idp.token(headers=headers, note=""))
+        near = (length - short) * 3 // 4
+        for size in range(max(near - 4, 0), near + 4):
+            token = idp.token(headers=headers, note="x" * size)
+            if len(token) == length:
+                return token
+    raise AssertionError(f"no token of {length} characters")
+
+
+async def test_a_token_of_the_largest_accepted_size_is_accepted(
+    client: httpx.AsyncClient, idp: JwksServer
+) -> None:
+    """MAX_TOKEN_CHARS is the largest token served; one character more is refused unread."""
+    token = token_of_length(idp, MAX_TOKEN_CHARS)
+    assert len(token) == MAX_TOKEN_CHARS, len(token)
+    assert (await client.get("/items", headers=bearer(token))).status_code == 200
+
+
+async def test_a_token_without_a_key_id_is_verified_by_the_only_key_published() -> None:
+    """No `kid` in the header: the identity provider's one key verifies it; with two keys published
+    the service does not guess which, and refuses it."""
+    with JwksServer() as idp:
+        idp.keys = [idp.rsa]
+        async with httpx.AsyncClient() as http:
+
+            async def fetch() -> bytes:
+                return (await http.get(idp.url)).content
+
+            keys = JwksCache(fetch, cache_s=300, min_refresh_s=0)
+            verifier = TokenVerifier(
+                keys,
+                issuer=ISSUER,
+                audience=AUDIENCE,
+                algorithms=["RS256"],
+                leeway_s=0,
+                tenant_claim="tenant",
+            )
+            try:
+                token = idp.token(subject="alice", headers={"kid": None})
+                assert "kid" not in json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+                assert (await verifier.verify(token)).subject == "alice"
+                idp.rotate()
+                await keys.refresh()
+                with pytest.raises(InvalidToken, match="key this service does not know"):
+                    await verifier.verify(idp.token(subject="bob", headers={"kid": None}))
+            finally:
+                await keys.close()
 
 
 async def test_a_missing_token_is_401_with_a_bearer_challenge(
@@ -196,7 +254,7 @@ def bad_tokens(idp: JwksServer) -> dict[str, str]:
         "empty subject": idp.token(subject=""),  # no one to act as
         "a key id that is not a string": with_header(idp.token(), {"alg": "RS256", "kid": 5}),
         "a key id the identity provider does not have": idp.token(headers={"kid": "retired-key"}),
-        "over 8 KB": idp.token(note="x" * 8192),  # refused before it is decoded
+        "over 8 KB": token_of_length(idp, MAX_TOKEN_CHARS + 1),  # refused before it is decoded
         "a header that is not JSON": "bm90IGpzb24.e30.c2ln",
         "a header that is not an object": f"{b64(b'[1]')}.e30.c2ln",
     }

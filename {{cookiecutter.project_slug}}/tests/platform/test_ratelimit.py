@@ -224,6 +224,9 @@ async def test_limits_own_strategy_counts_costs_and_clears_on_the_database(datab
         stats = await strategy.get_window_stats(item, subject)
         assert stats.remaining == 1
         assert time.time() + 50 < stats.reset_time <= time.time() + 60
+        fresh = await strategy.get_window_stats(item, str(uuid4()))  # a caller with no window yet
+        assert fresh.remaining == 3
+        assert fresh.reset_time <= time.time()  # as limits' own storages: nothing to wait for
         assert not await strategy.hit(item, subject, cost=2)
         await strategy.clear(item, subject)  # an operator lifts one caller's limit
         assert await strategy.hit(item, subject, cost=3)
