@@ -17,6 +17,7 @@ from uuid import uuid4
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 from fastapi import APIRouter
 from fastapi import FastAPI
 from fastapi import Request
@@ -32,6 +33,7 @@ from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.platform import logs
 from {{ cookiecutter.package_name }}.platform import ratelimit
 from {{ cookiecutter.package_name }}.platform.errors import NotFound
+from {{ cookiecutter.package_name }}.platform.ratelimit.limiter import caller
 
 from tests.app import APP
 from tests.conftest import MIGRATIONS
@@ -41,6 +43,9 @@ from tests.conftest import make_settings
 from tests.conftest import recreate
 from tests.conftest import scrape
 from tests.conftest import serving
+from tests.jwks import AUDIENCE
+from tests.jwks import ISSUER
+from tests.jwks import JwksServer
 from tests.service import running
 from tests.upstream import closed_port
 
@@ -52,6 +57,11 @@ async def things() -> dict[str, str]:
     return {"ok": "yes"}
 
 
+@router.post("/things")
+async def create_thing() -> dict[str, str]:
+    return {"ok": "yes"}
+
+
 @router.get("/missing")
 async def missing() -> dict[str, str]:
     raise NotFound("Nothing here.")
@@ -59,6 +69,11 @@ async def missing() -> dict[str, str]:
 
 @router.get("/own", dependencies=[ratelimit.limit("2/minute", name="own")])
 async def own() -> dict[str, str]:
+    return {"ok": "yes"}
+
+
+@router.get("/unnamed", dependencies=[ratelimit.limit("4/minute")])
+async def unnamed() -> dict[str, str]:
     return {"ok": "yes"}
 
 
@@ -92,20 +107,56 @@ def sample(metrics_text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-async def test_over_the_limit_answers_429_with_retry_after_and_ratelimit_headers(database_url: URL) -> None:
-    app = limited_app(database_url, rate_limit_default="3/minute")
+@pytest.mark.parametrize("storage", ["memory", "database"])
+async def test_over_the_limit_answers_429_with_retry_after_and_ratelimit_headers(
+    database_url: URL, storage: str
+) -> None:
+    app = limited_app(database_url, rate_limit_default="3/minute", rate_limit_storage=storage)
+    caller = {"x-test-subject": uuid4().hex}  # the database's windows outlive the test
     async with serving(app) as client:
-        answers = [await client.get("/limited/things") for _ in range(4)]
+        answers = [await client.get("/limited/things", headers=caller) for _ in range(4)]
         metrics = await scrape(app)
     assert [answer.status_code for answer in answers] == [200, 200, 200, 429]
+    assert [answer.headers["ratelimit"].split(";")[1] for answer in answers] == ["r=2", "r=1", "r=0", "r=0"]
     refused = answers[-1]
     assert refused.headers["content-type"] == "application/problem+json"
     assert refused.json()["type"] == "/problems/rate-limited"
     assert refused.json()["status"] == 429
+    assert isinstance(refused.json()["detail"], str)
+    assert refused.json()["detail"]
     assert 1 <= int(refused.headers["retry-after"]) <= 60
     assert refused.headers["ratelimit-policy"] == '"default";q=3;w=60'
     assert refused.headers["ratelimit"] == f'"default";r=0;t={refused.headers["retry-after"]}'
     assert sample(metrics, "rate_limited_requests_total", route="/limited/things") == 1
+
+
+async def test_a_per_second_limit_says_retry_in_one_second(database_url: URL) -> None:
+    """The reset is whole seconds rounded up, never 0: within a 1 s window, 1."""
+    async with serving(limited_app(database_url, rate_limit_default="2/second")) as client:
+        for _ in range(50):  # a slow machine may see a window end between two requests
+            refused = await client.get("/limited/things")
+            if refused.status_code == 429:
+                break
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "1"
+    assert refused.headers["ratelimit"] == '"default";r=0;t=1'
+
+
+async def test_each_method_of_a_route_is_counted_apart(database_url: URL) -> None:
+    async with serving(limited_app(database_url, rate_limit_default="1/minute")) as client:
+        assert (await client.get("/limited/things")).status_code == 200
+        assert (await client.get("/limited/things")).status_code == 429
+        assert (await client.post("/limited/things")).status_code == 200  # reads do not spend writes
+        assert (await client.post("/limited/things")).status_code == 429
+
+
+async def test_the_memory_store_limits_without_the_database(database_url: URL) -> None:
+    """RATE_LIMIT_STORAGE=memory counts in the process: a database that is down changes nothing."""
+    unreachable = database_url.set(host="127.0.0.1", port=closed_port())
+    app = limited_app(unreachable, rate_limit_default="2/minute", rate_limit_storage="memory")
+    async with serving(app) as client:
+        answers = [await client.get("/limited/things") for _ in range(3)]
+    assert [answer.status_code for answer in answers] == [200, 200, 429]
 
 
 async def test_every_answer_of_a_limited_route_counts_down(database_url: URL) -> None:
@@ -127,19 +178,64 @@ async def test_principals_and_addresses_are_counted_apart(database_url: URL) -> 
         # Another principal, the same subject in another tenant, and anonymous traffic from the same
         # address each have a count of their own.
         assert (await client.get("/limited/things", headers={"x-test-subject": "bob"})).status_code == 200
-        other_tenant = alice | {"x-test-tenant": "acme"}
-        assert (await client.get("/limited/things", headers=other_tenant)).status_code == 200
+        acme, globex = alice | {"x-test-tenant": "acme"}, alice | {"x-test-tenant": "globex"}
+        assert (await client.get("/limited/things", headers=acme)).status_code == 200
+        assert (await client.get("/limited/things", headers=acme)).status_code == 200
+        assert (await client.get("/limited/things", headers=acme)).status_code == 429
+        assert (await client.get("/limited/things", headers=globex)).status_code == 200
         assert (await client.get("/limited/things")).status_code == 200
         assert (await client.get("/limited/things")).status_code == 200
         assert (await client.get("/limited/things")).status_code == 429
 
 
+async def test_the_caller_is_the_verified_principal_or_else_the_address(database_url: URL) -> None:
+    """With the service's own authentication (no test override): each verified subject has its own
+    count; no token and a bad token are the client address's, so a flood of bad tokens is limited."""
+    with JwksServer() as idp:
+        settings = {"auth_jwks_url": idp.url, "auth_issuer": ISSUER, "auth_audience": AUDIENCE}
+        app = create_app(make_settings(database_url, rate_limit_default="1/minute", **settings))
+        app.include_router(router, dependencies=[ratelimit.Limited])
+        async with serving(app) as client:
+
+            async def status(token: str | None) -> int:
+                headers = {} if token is None else {"authorization": f"Bearer {token}"}
+                return (await client.get("/limited/things", headers=headers)).status_code
+
+            alice, bob = idp.token(subject="alice"), idp.token(subject="bob")
+            assert [await status(alice), await status(alice), await status(bob)] == [200, 429, 200]
+            assert [await status(None), await status("not.a.token"), await status(alice)] == [200, 429, 429]
+
+
+def test_a_caller_without_an_address_is_counted_as_one() -> None:
+    """A server on a Unix socket gives no client address: such callers share one count."""
+    request = Request({"type": "http", "method": "GET", "path": "/", "headers": [], "client": None})
+    assert caller(request, None) == "a:-"
+
+
+async def test_a_fixed_principal_is_counted_per_address(database_url: URL) -> None:
+    """Development (no AUTH_JWKS_URL) serves everyone as one fixed principal: the limit counts per
+    client address, or one noisy caller would spend everyone's."""
+    app = create_app(make_settings(database_url, rate_limit_default="1/minute"))
+    app.include_router(router, dependencies=[ratelimit.Limited])
+    async with LifespanManager(app) as manager:
+        statuses = []
+        for address in ("10.0.0.1", "10.0.0.2", "10.0.0.1"):
+            transport = httpx.ASGITransport(app=manager.app, client=(address, 40000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+                statuses.append((await client.get("/limited/things")).status_code)
+    assert statuses == [200, 200, 429]
+
+
 async def test_a_route_of_its_own_limit_replaces_the_default(database_url: URL) -> None:
     async with serving(limited_app(database_url, rate_limit_default="1/minute")) as client:
         answers = [await client.get("/limited/own") for _ in range(3)]
+        other = await client.get("/limited/things")  # the same app: its other routes keep the default
+        unnamed = await client.get("/limited/unnamed")
     assert [answer.status_code for answer in answers] == [200, 200, 429]  # not the default's 1
     assert answers[0].headers["ratelimit-policy"] == '"own";q=2;w=60'
     assert answers[0].headers["ratelimit"].startswith('"own";r=1;')
+    assert other.headers["ratelimit-policy"] == '"default";q=1;w=60'
+    assert unnamed.headers["ratelimit-policy"] == '"route";q=4;w=60'  # a limit given no name
 
 
 async def test_probes_metrics_and_documents_are_never_limited(database_url: URL) -> None:
@@ -253,8 +349,9 @@ async def test_a_shared_store_that_is_down_admits_and_is_counted(database_url: U
     assert [answer.status_code for answer in answers] == [200, 200, 200]
     assert "ratelimit" not in answers[0].headers  # nothing known to tell
     assert sample(metrics, "rate_limit_store_errors_total") == 3
-    events = [json.loads(line)["event"] for line in sink.getvalue().splitlines()]
-    assert events.count("rate_limit_store_unavailable") == 1  # once per interval, not per request
+    lines = [json.loads(line) for line in sink.getvalue().splitlines()]
+    [logged] = [line for line in lines if line["event"] == "rate_limit_store_unavailable"]  # once
+    assert (logged["level"], logged["error"], logged["admitted"]) == ("warning", "DatabaseUnreachable", True)
 
 
 SCRATCH = f"{TEST_DATABASE}_ratelimit"
