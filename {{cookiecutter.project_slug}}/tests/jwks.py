@@ -52,6 +52,7 @@ class JwksServer:
         self.keys = [self.rsa, self.ec]
         self.fetches = 0
         self.delay_s = 0.0  # how long each answer takes: concurrent fetches would overlap
+        self.document: bytes | None = None  # served as it is instead of the keys, when set
         self._lock = threading.Lock()
         server = self
 
@@ -59,7 +60,9 @@ class JwksServer:
             def do_GET(self) -> None:
                 with server._lock:
                     server.fetches += 1
-                    body = json.dumps({"keys": [key.jwk() for key in server.keys]}).encode()
+                    body = (
+                        server.document or json.dumps({"keys": [key.jwk() for key in server.keys]}).encode()
+                    )
                 time.sleep(server.delay_s)
                 self.send_response(200)
                 self.send_header("content-type", "application/json")

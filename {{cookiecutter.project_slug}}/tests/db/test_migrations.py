@@ -154,7 +154,10 @@ def test_the_chain_read_without_alembic_matches_alembic(tmp_path: Path) -> None:
     shutil.copytree(MIGRATIONS, copy)
     (head,) = migrations.domain_heads(MIGRATIONS)
     for name, down in (("branch_a", head), ("branch_b", head)):
-        (copy / "versions" / f"{name}.py").write_text(f"revision = {name!r}\ndown_revision = {down!r}\n")
+        # Any top-level assignment may sit beside them (a tuple's targets are no single name).
+        (copy / "versions" / f"{name}.py").write_text(
+            f"low, high = 1, 2\nrevision = {name!r}\ndown_revision = {down!r}\n"
+        )
     (copy / "versions" / "merge.py").write_text(
         "revision: str = 'merge'\ndown_revision = ('branch_a', 'branch_b')\n"
     )
@@ -166,6 +169,16 @@ def test_the_chain_read_without_alembic_matches_alembic(tmp_path: Path) -> None:
         ScriptDirectory.from_config(migrations.alembic_config(copy)).get_heads()
     )
     assert migrations.domain_heads(copy) == {"branch_a", "branch_b"}
+
+
+def test_a_revision_that_does_not_parse_is_named(tmp_path: Path) -> None:
+    copy = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS, copy)
+    broken = copy / "versions" / "2099-01-01_broken.py"
+    broken.write_text("revision = (\n")
+    with pytest.raises(SyntaxError) as raised:
+        migrations.expected_heads(copy)
+    assert raised.value.filename == str(broken)
 
 
 def test_the_migrate_command_downgrades_to_a_revision_and_back(scratch_url: str) -> None:

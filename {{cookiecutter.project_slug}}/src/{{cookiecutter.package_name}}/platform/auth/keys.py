@@ -53,7 +53,6 @@ class JwksCache:
         self._attempted_at: float | None = None
         self._last_failed = False
         self._refreshing: asyncio.Task[None] | None = None
-        self.fetches = 0
 
     @property
     def kids(self) -> frozenset[str]:
@@ -119,7 +118,6 @@ class JwksCache:
         self._refreshing = None
 
     async def _load(self) -> None:
-        self.fetches += 1
         try:
             jwks = _signing_keys(await self._fetch())
         except (KeysUnavailable, ServiceError) as exc:
