@@ -171,6 +171,11 @@ def test_the_chain_read_without_alembic_matches_alembic(tmp_path: Path) -> None:
     assert migrations.domain_heads(copy) == {"branch_a", "branch_b"}
 
 
+def test_a_migrations_dir_without_an_environment_is_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=f"MIGRATIONS_DIR={tmp_path} holds no Alembic environment"):
+        migrations.expected_heads(tmp_path)
+
+
 def test_a_revision_that_does_not_parse_is_named(tmp_path: Path) -> None:
     copy = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS, copy)

@@ -71,6 +71,8 @@ def upgrade() -> None:
     zero_downtime.create_index_concurrently("ix_toolbox_parent", "toolbox", ["parent_id"])
     op.execute("INSERT INTO toolbox_seen SELECT 'after', current_setting('lock_timeout')")
     zero_downtime.add_foreign_key("fk_toolbox_parent", "toolbox", ["parent_id"], "toolbox", ["id"])
+    zero_downtime.create_index_concurrently("ux_toolbox_pair", "toolbox", ["id", "parent_id"], unique=True)
+    zero_downtime.add_foreign_key("fk_toolbox_pair", "toolbox", ["id", "parent_id"], "toolbox", ["id", "parent_id"])
 
 
 def downgrade() -> None:
@@ -153,9 +155,8 @@ def test_the_toolbox_expands_backfills_and_contracts_without_losing_a_row(scratc
     assert indexes["ix_toolbox_name"] == (True, True, True)
     assert indexes["ix_toolbox_parent"] == (True, False, False)
     # The foreign key checked for old rows too (VALIDATE ran), and enforced for new ones.
-    assert rows(url, "SELECT convalidated FROM pg_constraint WHERE conname = 'fk_toolbox_parent'") == [
-        (True,)
-    ]
+    validated = "SELECT conname, convalidated FROM pg_constraint WHERE contype = 'f' ORDER BY conname"
+    assert rows(url, validated) == [("fk_toolbox_pair", True), ("fk_toolbox_parent", True)]
     with pytest.raises(sa.exc.IntegrityError):
         rows(url, "INSERT INTO toolbox (id, parent_id) VALUES (2000, 999999)")
     # A CONCURRENTLY statement runs without lock_timeout, and the attempt's own is put back after it.
@@ -214,6 +215,18 @@ def test_offline_sql_shows_every_step_for_review(scratch: tuple[URL, Path]) -> N
         in sql
     )
     assert "CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_toolbox_parent ON toolbox (parent_id)" in sql
-    assert "ADD CONSTRAINT ck_toolbox_note_not_null CHECK (note IS NOT NULL) NOT VALID" in sql
+    # NOT NULL in steps: a leftover of an interrupted run dropped, the check added NOT VALID, then
+    # validated (no lock on writes), then NOT NULL (proved from the check), then the check dropped.
+    steps = [
+        "DROP CONSTRAINT IF EXISTS ck_toolbox_note_not_null",
+        "ADD CONSTRAINT ck_toolbox_note_not_null CHECK (note IS NOT NULL) NOT VALID",
+        "VALIDATE CONSTRAINT ck_toolbox_note_not_null",
+        "ALTER COLUMN note SET NOT NULL",
+        "DROP CONSTRAINT IF EXISTS ck_toolbox_note_not_null",
+    ]
+    at = 0
+    for step in steps:
+        at = sql.index(step, at) + len(step)  # each found after the one before it
+    assert "FOREIGN KEY (id, parent_id) REFERENCES toolbox (id, parent_id) NOT VALID" in sql
     assert "ALTER TABLE toolbox VALIDATE CONSTRAINT fk_toolbox_parent" in sql
     assert "indisvalid" not in sql  # the invalid-index check reads the catalog: online only

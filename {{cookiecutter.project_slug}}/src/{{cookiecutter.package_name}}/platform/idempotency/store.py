@@ -166,11 +166,11 @@ class Store:
         result = await session.execute(_COMPLETE, self._answer(scope, token, response))
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    async def complete_now(self, scope: KeyScope, token: uuid.UUID, response: Response) -> bool:
-        """Store an answer that has no effect to commit with (the handler refused the request)."""
+    async def complete_now(self, scope: KeyScope, token: uuid.UUID, response: Response) -> None:
+        """Store an answer that has no effect to commit with (the handler refused the request); a
+        claim that is no longer this request's is left alone."""
         async with self._autocommit() as connection:
-            result = await connection.execute(_COMPLETE, self._answer(scope, token, response))
-        return bool(result.rowcount)
+            await connection.execute(_COMPLETE, self._answer(scope, token, response))
 
     async def release(self, scope: KeyScope, token: uuid.UUID) -> None:
         """Give the key up without an answer: the next request with it runs."""
