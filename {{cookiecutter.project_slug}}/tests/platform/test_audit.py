@@ -14,6 +14,10 @@ from typing import Any
 import pytest
 import structlog
 from fastapi import FastAPI
+from opentelemetry.trace import NonRecordingSpan
+from opentelemetry.trace import SpanContext
+from opentelemetry.trace import TraceFlags
+from opentelemetry.trace import use_span
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
@@ -251,4 +255,40 @@ async def test_the_actor_is_the_one_authentication_bound(runtime: AsyncEngine) -
         await session.flush()
         assert (bound.actor, anonymous.actor) == ("user-7", "anonymous")
         assert bound.id is not None
+        await session.rollback()
+
+
+async def test_a_record_names_its_resource_its_request_and_its_trace(runtime: AsyncEngine) -> None:
+    """What an investigator joins on: the resource, the request id and the trace id (W3C's 32
+    lowercase hex digits), as stored; outside a trace, no trace id."""
+    in_a_trace = SpanContext(
+        trace_id=0x0AF7651916CD43DD8448EB211C80319C,
+        span_id=0xB7AD6B7169203331,
+        is_remote=False,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
+    async with AsyncSession(runtime) as session, session.begin():
+        with (
+            structlog.contextvars.bound_contextvars(request_id="req-7"),
+            use_span(NonRecordingSpan(in_a_trace)),
+        ):
+            traced = audit.record(
+                session, action="test.ids", resource_type="test", resource_id="r-7", outcome="success"
+            )
+        untraced = audit.record(
+            session, action="test.ids", resource_type="test", resource_id=None, outcome="success"
+        )
+        await session.flush()
+        stored = (
+            await session.execute(
+                text(
+                    "SELECT resource_id, request_id, trace_id FROM audit_events WHERE id IN (:a, :b) ORDER BY id"
+                ),
+                {"a": traced.id, "b": untraced.id},
+            )
+        ).all()
+        assert [tuple(row) for row in stored] == [
+            ("r-7", "req-7", "0af7651916cd43dd8448eb211c80319c"),
+            (None, None, None),
+        ]
         await session.rollback()

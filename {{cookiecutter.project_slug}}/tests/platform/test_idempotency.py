@@ -289,6 +289,12 @@ async def test_an_expired_lease_is_taken_over_once_and_its_holder_loses(
     late = asyncio.create_task(post(client, body, "key-lease"))
     await asyncio.wait_for(held.wait(), 10)
     async with app.state.engine.begin() as connection:
+        # The lease runs IDEMPOTENCY_LEASE_S from the claim (the clock has moved on a little since).
+        lease = (
+            "SELECT extract(epoch FROM leased_until - now()) FROM idempotency_keys WHERE key = 'key-lease'"
+        )
+        left_s = float(await connection.scalar(text(lease)))
+        assert app.state.settings.idempotency_lease_s - 5 < left_s <= app.state.settings.idempotency_lease_s
         await connection.execute(text("UPDATE idempotency_keys SET leased_until = now() - interval '1 s'"))
     try:
         takeovers = await asyncio.gather(*(post(client, body, "key-lease") for _ in range(10)))
