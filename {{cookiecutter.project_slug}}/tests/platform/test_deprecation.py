@@ -52,3 +52,5 @@ async def test_every_answer_of_a_deprecated_route_announces_it(app: FastAPI) -> 
 def test_a_sunset_before_the_deprecation_is_refused() -> None:
     with pytest.raises(ValueError, match="must come after"):
         deprecation.announce(since=date(2027, 1, 1), sunset=date(2026, 1, 1))
+    with pytest.raises(ValueError, match="must come after"):  # the same day leaves clients no time
+        deprecation.announce(since=date(2027, 1, 1), sunset=date(2027, 1, 1))
