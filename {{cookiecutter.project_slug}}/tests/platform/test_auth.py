@@ -191,37 +191,6 @@ async def test_a_token_of_the_largest_accepted_size_is_accepted(
     assert (await client.get("/items", headers=bearer(token))).status_code == 200
 
 
-async def test_a_token_without_a_key_id_is_verified_by_the_only_key_published() -> None:
-    """No `kid` in the header: the identity provider's one key verifies it; with two keys published
-    the service does not guess which, and refuses it."""
-    with JwksServer() as idp:
-        idp.keys = [idp.rsa]
-        async with httpx.AsyncClient() as http:
-
-            async def fetch() -> bytes:
-                return (await http.get(idp.url)).content
-
-            keys = JwksCache(fetch, cache_s=300, min_refresh_s=0)
-            verifier = TokenVerifier(
-                keys,
-                issuer=ISSUER,
-                audience=AUDIENCE,
-                algorithms=["RS256"],
-                leeway_s=0,
-                tenant_claim="tenant",
-            )
-            try:
-                token = idp.token(subject="alice", headers={"kid": None})
-                assert "kid" not in json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
-                assert (await verifier.verify(token)).subject == "alice"
-                idp.rotate()
-                await keys.refresh()
-                with pytest.raises(InvalidToken, match="key this service does not know"):
-                    await verifier.verify(idp.token(subject="bob", headers={"kid": None}))
-            finally:
-                await keys.close()
-
-
 async def test_a_missing_token_is_401_with_a_bearer_challenge(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:

@@ -4,6 +4,7 @@ against a real JWKS server on 127.0.0.1 (`tests.jwks`) serving keys the test mak
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 from collections.abc import AsyncIterator
@@ -106,6 +107,21 @@ async def test_only_usable_signature_keys_are_kept_whatever_comes_before_them(
     assert keys.kids == {idp.rsa.kid, idp.ec.kid}
     with pytest.raises(InvalidToken, match="key this service does not know"):
         await verifier(keys).verify(idp.token(key=encryption))
+
+
+async def test_a_token_without_a_key_id_is_verified_by_the_only_key_published(
+    idp: JwksServer, keys: JwksCache
+) -> None:
+    """No `kid` in the header: the identity provider's one key verifies it; with two keys published
+    the service does not guess which, and refuses it."""
+    idp.keys = [idp.rsa]
+    token = idp.token(subject="alice", headers={"kid": None})
+    assert "kid" not in json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    assert (await verifier(keys).verify(token)).subject == "alice"
+    idp.rotate()
+    await keys.refresh()
+    with pytest.raises(InvalidToken, match="key this service does not know"):
+        await verifier(keys).verify(idp.token(subject="bob", headers={"kid": None}))
 
 
 async def test_each_key_verifies_its_own_tokens_only(idp: JwksServer, keys: JwksCache) -> None:
