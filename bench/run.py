@@ -498,13 +498,20 @@ def main() -> int:
 
         # Latency at the same offered load for both sides, half of what the candidate sustained, in
         # interleaved rounds as the throughput (a single run's p99 is one unlucky stall away).
+        # Capped so that each connection sends ten requests in a run at least: on a short or starved
+        # run (a slow candidate, `--duration 1`) the pace would otherwise outlast the run, and no
+        # latency would be measured at all.
+        longest_pace_ms = args.duration * 1000 / 10
         paces = {
             name: max(
                 1,
                 round(
-                    args.connections
-                    * 1000
-                    / (LATENCY_LOAD * statistics.median(run["rps"] for run in runs[name]["candidate"]))
+                    min(
+                        longest_pace_ms,
+                        args.connections
+                        * 1000
+                        / (LATENCY_LOAD * statistics.median(run["rps"] for run in runs[name]["candidate"])),
+                    )
                 ),
             )
             for name in pairs
@@ -572,7 +579,7 @@ def main() -> int:
         entry["ratio"] = round(statistics.median(paired), 3)
         entry["target"] = TARGETS[name]
         entry["pass"] = entry["ratio"] >= TARGETS[name]
-        entry["saturated_p99_ratio"] = round(entry["candidate"]["p99_ms"] / entry["baseline"]["p99_ms"], 3)
+        entry["saturated_p99_ratio"] = ratio(entry["candidate"]["p99_ms"], entry["baseline"]["p99_ms"])
         at_load = paced_runs[name]
         entry["latency_at_load"] = {
             "pace_ms": float(paces[name]),
@@ -580,8 +587,8 @@ def main() -> int:
             "candidate": {key: median(at_load["candidate"], key) for key in ("rps", "p50_ms", "p99_ms")},
         }
         latency = entry["latency_at_load"]
-        entry["p99_ratio"] = round(latency["candidate"]["p99_ms"] / latency["baseline"]["p99_ms"], 3)
-        entry["p99_pass"] = entry["p99_ratio"] <= P99_MAX_RATIO
+        entry["p99_ratio"] = ratio(latency["candidate"]["p99_ms"], latency["baseline"]["p99_ms"])
+        entry["p99_pass"] = entry["p99_ratio"] is not None and entry["p99_ratio"] <= P99_MAX_RATIO
         report["scenarios"][name] = entry
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -589,6 +596,15 @@ def main() -> int:
     (args.out / "latest.md").write_text(table)
     print(table)
     return 0
+
+
+def ratio(candidate: float, baseline: float) -> float | None:
+    """candidate / baseline, or None when the baseline measured nothing (no request in the run)."""
+    return round(candidate / baseline, 3) if baseline > 0 else None
+
+
+def times(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -644,7 +660,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {title} | {candidate} | {at['pace_ms']:.0f} | {at['baseline']['p50_ms']} / "
             f"{at['baseline']['p99_ms']} | {at['candidate']['p50_ms']} / {at['candidate']['p99_ms']} | "
-            f"{entry['p99_ratio']:.2f}x {verdict(entry['p99_pass'])} | {entry['saturated_p99_ratio']:.2f}x |"
+            f"{times(entry['p99_ratio'])} {verdict(entry['p99_pass'])} | {times(entry['saturated_p99_ratio'])} |"
         )
     errors = [
         f"{name} {side}: {entry[side]['non_2xx']:.0f} non-2xx, {entry[side]['socket_errors']:.0f} socket errors"
