@@ -412,7 +412,7 @@ def main() -> int:
             name: free_port() for name in ("bare", "service", "exported", "exported_10pct", "db_exported")
         }
         otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink_url}
-        ratio = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
+        sampler = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
         servers.append(start_server("apps.bare:create_app", ports["bare"], database_url))
         servers.append(start_server("apps.service:create_app", ports["service"], runtime_url, **auth))
         if "trivial_exported" in chosen:
@@ -423,7 +423,9 @@ def main() -> int:
             )
         if "trivial_exported_10pct" in chosen:
             servers.append(
-                start_server("apps.service:create_app", ports["exported_10pct"], runtime_url, **otlp, **ratio)
+                start_server(
+                    "apps.service:create_app", ports["exported_10pct"], runtime_url, **otlp, **sampler
+                )
             )
         url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
         wait_http(f"{url['bare']}/ping")
