@@ -12,7 +12,7 @@ mutant): docs/mutation.md lists each with its reason.
 MUTATION_MODULES: files or folders under the package (default: `platform db`). MUTATION_TESTS:
 the tests that judge them, instead of `[tool.mutmut]`'s selection; for a module every request runs
 (a middleware, the rate limiter), whose mutants the whole suite would otherwise run, minutes each.
-MUTATION_BUDGET_S
+Name every test file that reads the module, or its score is understated. MUTATION_BUDGET_S
 (default 3600): mutmut is stopped then; what it checked is kept in mutants/ and the next run goes
 on from there. MUTATION_MIN_SCORE (percent, default 0: report only): fail when a module whose
 mutants were all checked scores less. The report, survivors with their diffs, is written to
