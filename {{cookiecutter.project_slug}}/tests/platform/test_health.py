@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import time
 
 import httpx
@@ -11,6 +13,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from {{ cookiecutter.package_name }}.db.session import SessionDep
 from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.platform import logs
 
 from tests.conftest import TEST_DATABASE
 from tests.conftest import make_settings
@@ -48,7 +51,11 @@ async def test_not_ready_when_database_is_unreachable() -> None:
     assert response.status_code == 503
     body = response.json()
     assert body["status"] == "unavailable"
-    assert body["checks"]["database"].startswith("unreachable")
+    assert body["checks"] == {
+        "database": "unreachable (ConnectionRefusedError)",  # what failed, for the operator
+        "schema": "unknown",
+        "shutdown": "ok",
+    }
 
 
 async def test_not_ready_when_schema_is_behind_head(empty_database_url: URL) -> None:
@@ -83,7 +90,11 @@ async def test_ready_answers_within_its_timeout_when_the_database_hangs() -> Non
                 response = await client.get("/ready")
                 elapsed = time.monotonic() - started
     assert response.status_code == 503
-    assert response.json()["checks"]["database"] == "no answer within 0.5s"
+    assert response.json()["checks"] == {
+        "database": "no answer within 0.5s",
+        "schema": "unknown",
+        "shutdown": "ok",
+    }
     assert elapsed < 0.5 + 1.5  # about 0.5 s; loose, a loaded machine only adds to it
 
 
@@ -107,3 +118,25 @@ async def test_ready_does_not_queue_behind_a_busy_pool(database_url: URL) -> Non
             release.set()
             await holder
     assert response.status_code == 200, response.text
+
+
+async def test_a_change_of_readiness_is_logged_once_with_its_checks(database_url: URL) -> None:
+    """An operator sees when a replica left or rejoined the load balancer, and why: one line per
+    change (a warning when it turns unready, info when ready again), none for a probe that changes
+    nothing."""
+    for url, level, ready, database in (
+        ("postgresql://nobody@127.0.0.1:1/nothing", "warning", False, "unreachable (ConnectionRefusedError)"),
+        (database_url, "info", True, "ok"),
+    ):
+        app = create_app(make_settings(url, ready_timeout_s=2.0, ready_cache_s=0.0))
+        sink = io.BytesIO()
+        logs.configure("INFO", stream=sink)  # after create_app, which configures its own
+        try:
+            async with serving(app) as client:
+                for _ in range(3):
+                    await client.get("/ready")
+        finally:
+            logs.configure("INFO")
+        lines = [json.loads(line) for line in sink.getvalue().splitlines()]
+        [changed] = [line for line in lines if line["event"] == "readiness_changed"]
+        assert (changed["level"], changed["ready"], changed["database"]) == (level, ready, database)
