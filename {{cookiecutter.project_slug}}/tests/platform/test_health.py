@@ -99,7 +99,12 @@ async def test_ready_answers_within_its_timeout_when_the_database_hangs() -> Non
 
 
 async def test_ready_does_not_queue_behind_a_busy_pool(database_url: URL) -> None:
-    app = create_app(make_settings(database_url, db_pool_size=1, db_max_overflow=0, db_pool_timeout_s=1.0))
+    # READY_TIMEOUT_S well above the pool's timeout: a probe queued behind the pool fails after 1 s,
+    # while a probe of its own has time to spare on a loaded machine.
+    settings = make_settings(
+        database_url, db_pool_size=1, db_max_overflow=0, db_pool_timeout_s=1.0, ready_timeout_s=10.0
+    )
+    app = create_app(settings)
     holding, release = asyncio.Event(), asyncio.Event()
 
     @app.get("/hold")
