@@ -12,6 +12,7 @@ from sqlalchemy.engine import URL
 
 from {{ cookiecutter.package_name }}.main import create_app
 
+from tests.clock import Clock
 from tests.conftest import make_settings
 from tests.conftest import scrape
 from tests.conftest import serving
@@ -20,14 +21,6 @@ from tests.upstream import Reply
 from tests.upstream import ScriptedUpstream
 
 RESERVED = Reply(201, {"reserved": True})
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from {{ cookiecutter.package_name }}.platform.auth.keys import KeysUnavailable
 from {{ cookiecutter.package_name }}.platform.auth.tokens import InvalidToken
 from {{ cookiecutter.package_name }}.platform.auth.tokens import TokenVerifier
 
+from tests.clock import Clock
 from tests.jwks import AUDIENCE
 from tests.jwks import ISSUER
 from tests.jwks import JwksServer
@@ -28,16 +29,6 @@ from tests.jwks import SigningKey
 
 CACHE_S = 300.0
 MIN_REFRESH_S = 10.0
-
-
-class Clock:
-    """The cache's clock, moved by the test: expiry is checked at its exact boundaries."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from {{ cookiecutter.package_name }}.platform.resilience import Upstream
 from {{ cookiecutter.package_name }}.platform.resilience import UpstreamUnavailable
 from {{ cookiecutter.package_name }}.settings import Settings
 
+from tests.clock import Clock
 from tests.upstream import Reply
 from tests.upstream import ScriptedUpstream
 
@@ -30,14 +31,6 @@ def default(name: str) -> Any:
 
 OK = Reply(200, {"ok": True})
 FAIL = Reply(500)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -10,13 +10,7 @@ from {{ cookiecutter.package_name }}.platform.cache import Cache
 from {{ cookiecutter.package_name }}.platform.metrics import Metrics
 from {{ cookiecutter.package_name }}.platform.resilience import UpstreamUnavailable
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clock import Clock
 
 
 class Source:

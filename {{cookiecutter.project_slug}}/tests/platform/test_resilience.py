@@ -38,6 +38,7 @@ from {{ cookiecutter.package_name }}.platform.resilience import UpstreamUnavaila
 from {{ cookiecutter.package_name }}.platform.resilience import parse_retry_after
 from {{ cookiecutter.package_name }}.settings import Settings
 
+from tests.clock import Clock
 from tests.upstream import Reply
 from tests.upstream import ScriptedUpstream
 from tests.upstream import closed_port
@@ -79,19 +80,6 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def sleeps() -> Sleeps:
     return Sleeps()
-
-
-class Clock:
-    """The breaker's clock (monotonic seconds), moved by the test instead of by waiting."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
