@@ -21,6 +21,7 @@ from sqlalchemy.engine import URL
 from {{ cookiecutter.package_name }}.db.session import SessionDep
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.platform import logs
+from {{ cookiecutter.package_name }}.platform import looplag
 
 from tests.conftest import MIGRATIONS
 from tests.conftest import PROJECT
@@ -208,14 +209,40 @@ async def test_a_blocked_event_loop_is_measured_and_logged_with_the_line_that_bl
     assert len(blocked) == 1, stalls
     stall = blocked[0]
     assert stall["level"] == "warning"
+    # Seconds, to the millisecond.
+    assert isinstance(stall["lag_s"], float)
     assert 0.4 <= stall["lag_s"] < 5
+    assert round(stall["lag_s"], 3) == stall["lag_s"]
     assert stall["threshold_s"] == 0.2
+    # The innermost frames (the stack under a request is deeper), the blocking line last.
+    assert len(stall["running"]) == looplag.STACK_DEPTH, stall["running"]
     assert stall["running"][-1].endswith("in block_the_loop"), stall["running"]
     assert stall["running"][-1].startswith("platform/test_metrics.py:")
     # The stall is in the histogram too: at least one tick came more than 0.25 s late.
     ticks = _sample(metrics, "event_loop_lag_seconds_count ")
     assert ticks >= 2
     assert _sample(metrics, 'event_loop_lag_seconds_bucket{le="0.25"} ') < ticks
+
+
+def test_the_watchdog_does_not_keep_a_process_alive() -> None:
+    # A process whose loop ends without the lifespan's shutdown (start-up failed after the probe
+    # started, or a crash) must still exit: the watchdog thread must not hold it. Both are named
+    # for whoever reads a thread or task dump.
+    program = (
+        "import asyncio, threading\n"
+        "from prometheus_client import CollectorRegistry, Histogram\n"
+        "from {{ cookiecutter.package_name }}.platform.looplag import LoopLagProbe\n"
+        "async def main():\n"
+        "    probe = LoopLagProbe(Histogram('lag', 'lag', registry=CollectorRegistry()), warn_s=2.0)\n"
+        "    probe.start()\n"
+        "    await asyncio.sleep(0.2)\n"
+        "    assert 'event-loop-watchdog' in [thread.name for thread in threading.enumerate()]\n"
+        "    assert 'event-loop-lag-probe' in [task.get_name() for task in asyncio.all_tasks()]\n"
+        "asyncio.run(main())\n"
+    )
+    # A kept-alive process would wait for the thread for ever: TimeoutExpired.
+    finished = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=15)
+    assert finished.returncode == 0, finished.stderr
 
 
 async def test_a_busy_but_responsive_loop_logs_no_stall(database_url: URL) -> None:
