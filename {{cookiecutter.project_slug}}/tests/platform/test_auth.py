@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from collections.abc import Callable
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +28,7 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from fastapi import APIRouter
 from fastapi import FastAPI
+from fastapi import Request
 from sqlalchemy.engine import URL
 
 from {{ cookiecutter.package_name }}.main import create_app
@@ -62,6 +64,12 @@ router = APIRouter(route_class=IdempotentRoute)
 async def list_items(principal: PrincipalDep) -> dict[str, Any]:
     log.info("items_listed")  # a line of the handler's own: it must carry the actor too
     return {"subject": principal.subject, "tenant": principal.tenant, "scopes": sorted(principal.scopes)}
+
+
+@router.get("/kept", dependencies=[require("items:read")])
+async def kept_principal(request: Request) -> dict[str, str]:
+    # A handler that declares no PrincipalDep reads the principal from the request's state.
+    return {"subject": request.state.principal.subject}
 
 
 @router.post("/items", status_code=201, dependencies=[require("items:write")])
@@ -136,6 +144,8 @@ async def test_a_valid_token_is_served_as_its_principal(
     response = await client.get("/items", headers=bearer(idp.token(key=key, subject="alice", tenant="acme")))
     assert response.status_code == 200, response.text
     assert response.json() == {"subject": "alice", "tenant": "acme", "scopes": ["items:read", "items:write"]}
+    kept = await client.get("/kept", headers=bearer(idp.token(key=key, subject="alice")))
+    assert kept.json() == {"subject": "alice"}
 
 
 @pytest.mark.parametrize(
@@ -199,6 +209,7 @@ async def test_a_missing_token_is_401_with_a_bearer_challenge(
     assert response.headers["www-authenticate"] == f'Bearer realm="{settings.service_name}"'
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["type"] == "/problems/unauthorized"
+    assert response.json()["detail"] == "A bearer token is required."
     assert (await client.get("/health")).status_code == 200  # probes need no token
 
 
@@ -257,7 +268,11 @@ def with_header(token: str, header: dict[str, Any]) -> str:
     ],
 )
 async def test_an_invalid_token_is_401_invalid_token(
-    client: httpx.AsyncClient, idp: JwksServer, settings: Settings, case: str
+    client: httpx.AsyncClient,
+    idp: JwksServer,
+    settings: Settings,
+    case: str,
+    log_lines: Callable[[], list[dict[str, Any]]],
 ) -> None:
     token = bad_tokens(idp)[case]
     if case == "no exp":
@@ -271,6 +286,9 @@ async def test_an_invalid_token_is_401_invalid_token(
     assert token not in response.text
     assert token not in challenge
     assert challenge.endswith('."')  # error_description: a sentence for the client's developer
+    # The log says why, as the client was told.
+    [refused] = [line for line in log_lines() if line["event"] == "token_refused"]
+    assert refused["reason"] in challenge
     if case == "empty subject":
         assert "subject" in challenge.lower()  # the description says what is wrong with it
 
@@ -371,7 +389,10 @@ async def test_a_verified_token_is_reused_only_while_it_is_unexpired_and_its_key
 
 
 async def test_a_token_without_the_scope_is_403_and_its_key_stays_unclaimed(
-    client: httpx.AsyncClient, idp: JwksServer, settings: Settings
+    client: httpx.AsyncClient,
+    idp: JwksServer,
+    settings: Settings,
+    log_lines: Callable[[], list[dict[str, Any]]],
 ) -> None:
     key = {"Idempotency-Key": uuid.uuid4().hex}
     refused = await client.post("/items", json={}, headers=key | bearer(idp.token(scope="items:read")))
@@ -380,6 +401,8 @@ async def test_a_token_without_the_scope_is_403_and_its_key_stays_unclaimed(
         f'Bearer realm="{settings.service_name}", error="insufficient_scope", scope="items:write"'
     )
     assert refused.json()["type"] == "/problems/insufficient-scope"
+    [logged] = [line for line in log_lines() if line["event"] == "scope_refused"]
+    assert logged["missing"] == ["items:write"]
     # The refusal was not stored: the same key with the scope runs the handler.
     allowed = await client.post("/items", json={}, headers=key | bearer(idp.token()))
     assert allowed.status_code == 201
@@ -468,14 +491,27 @@ async def test_development_runs_as_the_development_principal_and_says_so_once(da
     ]
     assert len(warnings) == 1
     assert warnings[0]["level"] == "warning"
+    assert warnings[0]["scopes"] == listed.json()["scopes"]  # what the development principal holds
 
 
 async def test_behind_a_gateway_requests_run_as_the_gateway_unchecked(database_url: URL) -> None:
     app = with_routes(make_settings(database_url, environment="production", auth_mode="none"))
-    async with serving(app) as client:
-        listed = await client.get("/items")
+    sink = io.BytesIO()
+    logs.configure("INFO", stream=sink)
+    try:
+        async with serving(app) as client:
+            listed = await client.get("/items")
+    finally:
+        logs.configure("INFO")
     assert listed.status_code == 200
     assert listed.json()["subject"] == "gateway"
+    # Said once at start-up, where whoever runs it looks: authentication is someone else's.
+    said = [
+        line
+        for line in map(json.loads, sink.getvalue().splitlines())
+        if line["event"] == "authentication_delegated"
+    ]
+    assert len(said) == 1
 
 
 def test_production_without_authentication_refuses_to_start() -> None:

@@ -130,11 +130,12 @@ async def test_credentials_and_personal_data_never_reach_a_log_line(log_lines: L
         customer=customer,
         email=customer.email,
         items=[{"phone": customer.phone}],
+        nested={"a": {"b": {"c": {"password": "deep-s3cret"}}}},  # as deep as redaction goes (4)
     )
     logging.getLogger("library").warning("from a library", extra={"authorization": "Basic dXNlcjpwYXNz"})
 
     raw = json.dumps(log_lines())
-    for secret in ("secret-token", "s3ss10n", "ada@example.com", "7946", "dXNlcjpwYXNz"):
+    for secret in ("secret-token", "s3ss10n", "ada@example.com", "7946", "dXNlcjpwYXNz", "deep-s3cret"):
         assert secret not in raw
     [line] = [line for line in log_lines() if line["event"] == "with_secrets"]
     assert line["authorization"] == logs.REDACTED

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import Any
 from uuid import uuid4
 
@@ -87,8 +88,17 @@ async def make_effect(request: Request, session: SessionDep, claim: ClaimDep, re
         raise ServiceUnavailable("A dependency is down.")
     if outcome == "return-503":
         return JSONResponse({"detail": "returned"}, status_code=503)
+    if outcome == "return-500":  # 500 is the first status that is not stored
+        return JSONResponse({"detail": "returned"}, status_code=500)
+    if outcome == "raise-http-500":
+        raise HTTPException(500, "Broken.")
     response.headers["Location"] = f"/effects/{effect_id}"
     return {"id": effect_id, "body": body}
+
+
+@router.get("/effects")
+async def count_effects(session: SessionDep) -> int:
+    return int(await session.scalar(text("SELECT count(*) FROM idempotency_effects")) or 0)
 
 
 @pytest.fixture
@@ -241,14 +251,18 @@ async def test_a_refusal_the_handler_raises_is_stored_without_its_writes(
     assert await effects(app) == 0  # the write before the refusal rolled back
 
 
-@pytest.mark.parametrize("outcome", ["crash", "raise-503", "return-503"])
+@pytest.mark.parametrize("outcome", ["crash", "raise-503", "return-503", "return-500", "raise-http-500"])
 async def test_a_request_without_an_answer_writes_nothing_and_frees_its_key(
-    app: FastAPI, client: httpx.AsyncClient, outcome: str
+    app: FastAPI, client: httpx.AsyncClient, outcome: str, log_lines: Callable[[], list[dict[str, Any]]]
 ) -> None:
     failed = await post(client, {"n": 1, "then": outcome}, f"key-{outcome}")
     assert failed.status_code in (500, 503)
     assert await effects(app) == 0  # a returned 5xx rolls back like a raised one
     assert await records(app) == 0  # and its claim is gone at once
+    [released] = [line for line in log_lines() if line["event"] == "idempotency_released"]
+    # Named by what ended the request (`_Answer`: the handler returned a 5xx).
+    errors = {"crash": "Crash", "raise-503": "ServiceUnavailable", "raise-http-500": "HTTPException"}
+    assert released["error"] == errors.get(outcome, "_Answer")
 
     # The client retries the same request with the same key; this time it goes through, once.
     first = await post(client, {"n": 1}, f"key-{outcome}")
@@ -277,6 +291,7 @@ async def test_a_cancelled_request_releases_its_claim(app: FastAPI, client: http
     retried = await post(client, body, "key-cancel")
     assert retried.status_code == 201
     assert await effects(app) == 1
+    assert 'idempotency_outcomes_total{outcome="conflict"} 1.0' in await scrape(app)
 
 
 async def test_an_expired_lease_is_taken_over_once_and_its_holder_loses(
@@ -306,6 +321,7 @@ async def test_an_expired_lease_is_taken_over_once_and_its_holder_loses(
     assert lost.status_code == 409
     assert lost.json()["type"] == "/problems/idempotency-key-in-use"
     assert await effects(app) == 1
+    assert 'idempotency_outcomes_total{outcome="lost"} 1.0' in await scrape(app)
 
 
 async def test_keys_are_scoped_by_principal(app: FastAPI, client: httpx.AsyncClient) -> None:
@@ -353,6 +369,18 @@ async def test_outcomes_are_counted(app: FastAPI, client: httpx.AsyncClient) -> 
     metrics = await scrape(app)
     for outcome in ("stored", "replay", "mismatch", "released"):
         assert 'idempotency_outcomes_total{outcome="' + outcome + '"} 1.0' in metrics
+
+
+async def test_a_safe_route_of_an_idempotent_router_needs_no_key_and_is_not_stored(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    assert (await post(client, {"n": 1}, "key-1")).status_code == 201
+    for headers in ({}, {"Idempotency-Key": "key-2"}, {"Idempotency-Key": "key-2"}):
+        read = await client.get("/effects", headers=headers)
+        assert read.status_code == 200
+        assert read.json() == 1
+        assert "idempotent-replayed" not in read.headers
+    assert await records(app) == 1
 
 
 async def test_the_openapi_document_shows_the_header(client: httpx.AsyncClient) -> None:

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import io
+import json
 import logging
+import logging.config
 import re
 from collections.abc import Callable
 from datetime import UTC
@@ -10,7 +13,10 @@ from typing import Any
 
 import httpx
 import structlog
+import uvicorn.config
 from fastapi import FastAPI
+
+from {{ cookiecutter.package_name }}.platform import logs
 
 LogLines = Callable[[], list[dict[str, Any]]]
 
@@ -83,6 +89,24 @@ async def test_standard_library_records_are_json_with_the_request_context(
     assert line["level"] == "warning"
     assert line["request_id"] == response.headers["x-request-id"]
     assert line["trace_id"] == TRACE_ID
+
+
+def test_uvicorn_started_by_its_own_command_line_logs_json_too() -> None:
+    # `uvicorn module:app` configures its loggers (plain-text handlers, not propagating) before the
+    # app's factory runs; configure() must take uvicorn's lines over anyway.
+    logging.config.dictConfig(uvicorn.config.LOGGING_CONFIG)
+    sink = io.BytesIO()
+    logs.configure("INFO", stream=sink)
+    try:
+        logging.getLogger("uvicorn.error").info("Started server process [%d]", 42)
+        logging.getLogger("uvicorn").warning("Invalid HTTP request received.")
+    finally:
+        logs.configure("INFO")
+    lines = [json.loads(line) for line in sink.getvalue().splitlines()]
+    assert [(line["logger"], line["event"]) for line in lines] == [
+        ("uvicorn.error", "Started server process [42]"),
+        ("uvicorn", "Invalid HTTP request received."),
+    ]
 
 
 async def test_probe_lines_carry_ids_too(client: httpx.AsyncClient, log_lines: LogLines) -> None:

@@ -7,8 +7,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from sqlalchemy import text
+from sqlalchemy.engine import URL
 
 from {{ cookiecutter.package_name }}.db.session import SessionDep
+from {{ cookiecutter.package_name }}.main import create_app
+
+from tests.conftest import make_settings
+from tests.conftest import serving
 
 TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
 PARENT_SPAN_ID = 0xB7AD6B7169203331
@@ -71,3 +76,15 @@ async def test_probes_are_not_traced(app: FastAPI, client: httpx.AsyncClient) ->
     await client.get("/health")
     await client.get("/ready")
     assert exporter.get_finished_spans() == ()
+
+
+async def test_with_the_sdk_disabled_nothing_is_traced_and_no_trace_is_claimed(database_url: URL) -> None:
+    app = create_app(make_settings(database_url, otel_sdk_disabled=True))
+    async with serving(app) as client:
+        traceparent = f"00-{TRACE_ID:032x}-{PARENT_SPAN_ID:016x}-01"
+        answered = await client.get("/v1/anything", headers={"traceparent": traceparent})
+    assert app.state.tracer_provider is None
+    assert answered.status_code == 404  # served, as problem+json
+    assert answered.headers["content-type"] == "application/problem+json"
+    # An all-zero traceresponse would name a trace that does not exist.
+    assert "traceresponse" not in answered.headers

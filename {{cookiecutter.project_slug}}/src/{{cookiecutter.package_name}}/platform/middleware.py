@@ -13,7 +13,7 @@ once (`shedding`; the probes are exempt); run the app under the request's deadli
 `deadline`); answer 500 problem+json for an exception that escaped
 every handler (logged once, with its stack trace); add `X-Content-Type-Options: nosniff` and
 `Cache-Control: no-store` (unless the route set its own) and `traceresponse` (the trace that served
-it, W3C Trace Context Level 2) to every answer; write one `http_request`
+it, W3C Trace Context Level 2; none with `OTEL_SDK_DISABLED`) to every answer; write one `http_request`
 line and record the request in the metrics (its exported trace as the latency's exemplar).
 """
 
@@ -140,12 +140,10 @@ class RequestContextMiddleware:
                 response_started = True
                 status = message["status"]
                 # Appended as raw bytes: the app never sets X-Request-ID itself, so no lookup.
-                headers = [
-                    *message.get("headers", ()),
-                    (b"x-request-id", request_id.encode()),
-                    (b"traceresponse", _traceresponse(span)),
-                    _NOSNIFF,
-                ]
+                headers = [*message.get("headers", ()), (b"x-request-id", request_id.encode()), _NOSNIFF]
+                ids = span.get_span_context()
+                if ids.is_valid:  # not with OTEL_SDK_DISABLED: all-zero ids are no trace
+                    headers.append((b"traceresponse", _traceresponse(ids)))
                 # API answers are per caller: no shared cache keeps one, unless a route says otherwise.
                 if not any(name.lower() == b"cache-control" for name, _ in headers):
                     headers.append(_NO_STORE)
@@ -238,9 +236,8 @@ async def _no_body() -> Message:
     return {"type": "http.disconnect"}
 
 
-def _traceresponse(span: trace.Span) -> bytes:
+def _traceresponse(ids: trace.SpanContext) -> bytes:
     """W3C Trace Context Level 2's response header: the caller learns which trace served it."""
-    ids = span.get_span_context()
     return f"00-{ids.trace_id:032x}-{ids.span_id:016x}-{ids.trace_flags:02x}".encode()
 
 
