@@ -6,6 +6,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from opentelemetry.trace import StatusCode
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
@@ -69,6 +70,25 @@ async def test_statements_are_client_spans_under_the_request_span(
     assert server.attributes is not None
     assert server.attributes["http.route"] == "/traced-query"
     assert server.name == "GET /traced-query"
+
+
+async def test_a_failed_statement_ends_its_span_as_an_error(app: FastAPI, client: httpx.AsyncClient) -> None:
+    exporter = _exporter(app)
+
+    @app.get("/failed-query")
+    async def failed_query(session: SessionDep) -> None:
+        await session.execute(text("SELECT 1 / 0"))
+
+    assert (await client.get("/failed-query")).status_code >= 400
+    [query] = [
+        span
+        for span in exporter.get_finished_spans()
+        if span.kind == SpanKind.CLIENT
+        and span.attributes
+        and span.attributes["db.query.text"] == "SELECT 1 / 0"
+    ]
+    assert query.status.status_code == StatusCode.ERROR
+    assert query.status.description  # the error's type
 
 
 async def test_probes_are_not_traced(app: FastAPI, client: httpx.AsyncClient) -> None:
