@@ -7,14 +7,17 @@ import logging.config
 import re
 from collections.abc import Callable
 from datetime import UTC
+from datetime import date
 from datetime import datetime
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import httpx
 import structlog
 import uvicorn.config
 from fastapi import FastAPI
+from pydantic import BaseModel
 
 from {{ cookiecutter.package_name }}.platform import logs
 
@@ -107,6 +110,16 @@ def test_uvicorn_started_by_its_own_command_line_logs_json_too() -> None:
         ("uvicorn.error", "Started server process [42]"),
         ("uvicorn", "Invalid HTTP request received."),
     ]
+
+
+def test_a_model_in_a_line_is_written_as_its_json_form(log_lines: LogLines) -> None:
+    class Priced(BaseModel):
+        total: Decimal
+        on: date
+
+    structlog.get_logger("test").info("priced", order=Priced(total=Decimal("1.50"), on=date(2026, 12, 1)))
+    [line] = [line for line in log_lines() if line["event"] == "priced"]
+    assert line["order"] == {"total": "1.50", "on": "2026-12-01"}  # as the API would answer it
 
 
 async def test_probe_lines_carry_ids_too(client: httpx.AsyncClient, log_lines: LogLines) -> None:
