@@ -57,7 +57,11 @@ class WorkerProcess:
 
 
 @asynccontextmanager
-async def worker(database_url: URL, log: Path, **env: str) -> AsyncIterator[WorkerProcess]:
+async def worker(
+    database_url: URL, log: Path, *, test_kinds: bool = False, **env: str
+) -> AsyncIterator[WorkerProcess]:
+    """`python -m <package> worker`; with `test_kinds`, `tests.job_worker` (the same command, and the
+    test's own job kinds)."""
     port, metrics_port = closed_port(), closed_port()
     variables = (
         os.environ
@@ -74,8 +78,7 @@ async def worker(database_url: URL, log: Path, **env: str) -> AsyncIterator[Work
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "{{ cookiecutter.package_name }}",
-            "worker",
+            *(["tests.job_worker"] if test_kinds else ["{{ cookiecutter.package_name }}", "worker"]),
             cwd=PROJECT,
             env=variables,
             stdout=sink,

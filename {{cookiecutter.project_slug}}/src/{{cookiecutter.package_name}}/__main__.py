@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from collections.abc import Mapping
 from contextlib import contextmanager
 from contextlib import nullcontext
 
@@ -47,7 +48,13 @@ log = structlog.get_logger("{{ cookiecutter.package_name }}")
 APP_FACTORY = "{{ cookiecutter.package_name }}.main:create_app"
 
 
-def main(argv: list[str] | None = None, *, app_factory: str = APP_FACTORY) -> int:
+def main(
+    argv: list[str] | None = None,
+    *,
+    app_factory: str = APP_FACTORY,
+    job_handlers: Mapping[str, jobs.Handler] | None = None,
+) -> int:
+    """`app_factory` serves another app, `job_handlers` gives the worker more job kinds (tests)."""
     parser = argparse.ArgumentParser(
         prog="python -m {{ cookiecutter.package_name }}",
         description=__doc__,
@@ -113,6 +120,7 @@ def main(argv: list[str] | None = None, *, app_factory: str = APP_FACTORY) -> in
         return 0
     if args.command == "worker":
         handlers, schedules = _jobs(settings)
+        handlers.update(job_handlers or {})
         asyncio.run(jobs.serve(settings, handlers=handlers, schedules=schedules))
         return 0
     if args.command == "jobs":

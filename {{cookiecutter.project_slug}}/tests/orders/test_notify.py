@@ -181,35 +181,3 @@ async def test_a_failing_receiver_is_retried_then_dead_and_rerun_by_command(
         assert len(receiver.received) == 4
         assert {call.headers["idempotency-key"] for call in receiver.received} == {order_id}
     assert await query(queue, "SELECT count(*) FROM jobs") == [(0,)]
-
-
-async def test_sigterm_lets_a_running_job_finish_and_hands_back_one_past_the_grace(
-    queue: URL, tmp_path: Path
-) -> None:
-    slow = {"GRACEFUL_TIMEOUT_S": "1", "JOB_TIMEOUT_S": "10", "JOB_LEASE_S": "60"}
-    async with ScriptedUpstream(default=Reply(202, delay_s=0.5)) as receiver:
-        await enqueue_notify(queue)
-        async with worker(queue, tmp_path / "finishes.log", NOTIFY_URL=receiver.url, **slow) as running:
-
-            async def called() -> bool:
-                return len(receiver.received) == 1
-
-            await eventually(called)
-            running.process.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(running.process.wait(), timeout=15) == 0
-        assert running.events("job_succeeded")
-        assert await query(queue, "SELECT count(*) FROM jobs") == [(0,)]
-
-        receiver.default = Reply(202, delay_s=30)  # longer than the grace period
-        await enqueue_notify(queue)
-        async with worker(queue, tmp_path / "hands-back.log", NOTIFY_URL=receiver.url, **slow) as running:
-
-            async def called_again() -> bool:
-                return len(receiver.received) == 2
-
-            await eventually(called_again)
-            running.process.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(running.process.wait(), timeout=15) == 0
-        assert running.events("job_handed_back")
-        # Ready at once for the next worker, the interrupted run not counted against its attempts.
-        assert await query(queue, "SELECT status, attempts, locked_by FROM jobs") == [("ready", 0, None)]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from itertools import pairwise
@@ -127,3 +129,35 @@ async def test_two_workers_run_a_periodic_job_once_per_period(queue: URL, tmp_pa
     # One run per period, whichever worker got it: never two within a period.
     assert min(gaps) >= 0.9, gaps
     assert len(purged) >= len(times) - 1  # each enqueued run ran (the last may still be running)
+
+
+async def test_sigterm_lets_a_running_job_finish_and_hands_back_one_past_the_grace(
+    queue: URL, tmp_path: Path
+) -> None:
+    async def running_now() -> bool:
+        return bool(await query(queue, "SELECT 1 FROM jobs WHERE status = 'running'"))
+
+    # A job shorter than GRACEFUL_TIMEOUT_S finishes: its worker exits 0 once it is done.
+    await query(queue, "INSERT INTO jobs (kind, payload) VALUES ('test.sleep', '{\"s\": 2}')")
+    async with worker(queue, tmp_path / "finishes.log", test_kinds=True, GRACEFUL_TIMEOUT_S="20") as running:
+        await eventually(running_now)
+        signalled = time.monotonic()
+        running.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(running.process.wait(), timeout=30) == 0
+        waited_s = time.monotonic() - signalled
+    assert running.events("job_succeeded")
+    assert await query(queue, "SELECT count(*) FROM jobs") == [(0,)]
+    assert waited_s >= 1.0  # it waited for the job (2 s, begun before the signal)
+    assert running.events("worker_stopped")
+
+    # A job longer than the grace is handed back: ready at once for the next worker, the
+    # interrupted run not counted against its attempts.
+    await query(queue, "INSERT INTO jobs (kind, payload) VALUES ('test.sleep', '{\"s\": 60}')")
+    async with worker(queue, tmp_path / "hands-back.log", test_kinds=True, GRACEFUL_TIMEOUT_S="1") as running:
+        await eventually(running_now)
+        running.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(running.process.wait(), timeout=30) == 0
+    assert running.events("job_handed_back")
+    assert await query(queue, "SELECT status, attempts, locked_by FROM jobs") == [("ready", 0, None)]
+    [started] = running.events("worker_started")
+    assert "test.sleep" in started["kinds"]
