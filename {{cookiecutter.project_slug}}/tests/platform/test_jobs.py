@@ -62,6 +62,30 @@ async def test_a_job_exists_only_if_its_transaction_commits(queue: URL) -> None:
     assert rows == [("test.committed", {"n": 2}, "ready")]
 
 
+async def test_the_queue_depth_counts_each_state_and_ages_the_oldest_due_job(queue: URL) -> None:
+    # What job_queue_depth and job_oldest_ready_age_seconds (and their alerts) read.
+    await query(
+        queue,
+        """
+        INSERT INTO jobs (kind, payload, status, run_at) VALUES
+            ('test.due', '{}', 'ready', now() - interval '30 s'),
+            ('test.due', '{}', 'ready', now() - interval '5 s'),
+            ('test.backing_off', '{}', 'ready', now() + interval '1 hour'),
+            ('test.running', '{}', 'running', now()),
+            ('test.dead', '{}', 'dead', now()),
+            ('test.dead', '{}', 'dead', now()),
+            ('test.dead', '{}', 'dead', now())
+        """,
+    )
+    engine = create_async_engine(queue)
+    try:
+        depth = await jobs.queue.depth(engine)
+    finally:
+        await engine.dispose()
+    assert (depth.ready, depth.waiting, depth.running, depth.dead) == (2, 1, 1, 3)
+    assert 30 <= depth.oldest_ready_age_s < 300  # the older due job's wait, in seconds
+
+
 def test_backoff_is_full_jitter_under_a_doubling_cap() -> None:
     for attempts, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (10, 30.0), (80, 30.0)]:
         delays = [backoff_s(attempts, base_s=1.0, max_s=30.0) for _ in range(200)]
@@ -100,6 +124,8 @@ async def test_a_job_failing_every_attempt_is_kept_dead_listed_and_rerun(queue: 
         assert "no handler for 'test.no_such_handler'" in error
         failures = running.events("job_failed")
         assert [line["attempt"] for line in failures] == [1, 2]
+        assert [line["outcome"] for line in failures] == ["retry", "retry"]
+        assert all("no handler for 'test.no_such_handler'" in line["error"] for line in failures)
         assert all(0 <= line["retry_in_s"] <= 0.2 for line in failures)  # JOB_BACKOFF_MAX_S
         assert [line["attempt"] for line in running.events("job_dead")] == [3]
         async with httpx.AsyncClient() as client:

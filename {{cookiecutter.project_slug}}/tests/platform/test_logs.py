@@ -67,6 +67,12 @@ async def test_one_access_line_per_request_with_route_template(
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z", line["timestamp"]), line["timestamp"]
     assert abs(datetime.fromisoformat(line["timestamp"]) - datetime.now(UTC)) < timedelta(minutes=1)
 
+    # The request's ids end with it: a line written after it (here in the same task, as a
+    # background job's or the next request's could be) claims no request.
+    structlog.get_logger("test").info("after_the_request")
+    [after] = [line for line in log_lines() if line["event"] == "after_the_request"]
+    assert "request_id" not in after
+
 
 async def test_a_safe_request_id_is_kept_and_an_unsafe_one_replaced(client: httpx.AsyncClient) -> None:
     kept = await client.get("/health", headers={"x-request-id": "abc-123.retry:2"})
