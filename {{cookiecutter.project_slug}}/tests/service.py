@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextlib import suppress
+from pathlib import Path
 
 import httpx
 
@@ -26,9 +27,12 @@ class Service:
 
 
 @contextmanager
-def running(database_url: str, *, app: str | None = None, **env: str) -> Iterator[Service]:
+def running(
+    database_url: str, *, app: str | None = None, log: Path | None = None, **env: str
+) -> Iterator[Service]:
     """`app`: another factory to serve (`tests.app.APP`: the app with test-only routes), through
-    the same `serve` command; by default the service's own app."""
+    the same `serve` command; by default the service's own app. `log`: a file for its log lines
+    (with `LOG_LEVEL=INFO` to see more than warnings)."""
     port, metrics_port = closed_port(), closed_port()
     variables = os.environ | {
         "DATABASE_URL": database_url,
@@ -39,19 +43,20 @@ def running(database_url: str, *, app: str | None = None, **env: str) -> Iterato
         # Bursts (50 concurrent retries, rolling restarts) are served, not shed: see test_shedding.py.
         "MAX_CONCURRENT_REQUESTS": "1000",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.serve", app]
-        if app is not None
-        else [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve"],
-        cwd=PROJECT,
-        env=variables | env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        # Its own process group: with WORKERS > 1 uvicorn's worker processes are killed with it
-        # (killing the parent alone left them running, holding memory and the embedded database).
-        start_new_session=True,
-    )
+    with log.open("wb") if log is not None else open(os.devnull, "wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.serve", app]
+            if app is not None
+            else [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve"],
+            cwd=PROJECT,
+            env=variables | env,
+            stdout=sink,
+            stderr=subprocess.PIPE,
+            text=True,
+            # Its own process group: with WORKERS > 1 uvicorn's worker processes are killed with it
+            # (killing the parent alone left them running, holding memory and the embedded database).
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

@@ -3,6 +3,7 @@ clients to reconnect), then exit 0; a request longer than GRACEFUL_TIMEOUT_S is 
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import threading
@@ -28,9 +29,13 @@ def _until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
         time.sleep(0.02)
 
 
-def test_sigterm_drains_then_exits_zero(database_url: URL) -> None:
+def test_sigterm_drains_then_exits_zero(database_url: URL, tmp_path: Path) -> None:
+    log = tmp_path / "service.log"
     with running(
-        database_url.render_as_string(hide_password=False), SHUTDOWN_DELAY_S=str(DELAY_S)
+        database_url.render_as_string(hide_password=False),
+        log=log,
+        SHUTDOWN_DELAY_S=str(DELAY_S),
+        LOG_LEVEL="INFO",
     ) as service:
         # One kept-alive connection, as a client behind a connection pool holds it.
         with httpx.Client(base_url=service.base, timeout=2) as client:
@@ -56,6 +61,9 @@ def test_sigterm_drains_then_exits_zero(database_url: URL) -> None:
         took = time.monotonic() - sent
     assert exit_code == 0
     assert DELAY_S <= took < DELAY_S + 5
+    # Said once, when the drain begins, with how long it lasts.
+    lines = [json.loads(line) for line in log.read_text().splitlines()]  # every one JSON
+    assert [line["delay_s"] for line in lines if line["event"] == "shutdown_draining"] == [DELAY_S]
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{service.base}/health", timeout=1)
 
