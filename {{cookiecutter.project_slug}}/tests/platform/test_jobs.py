@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +22,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from {{ cookiecutter.package_name }}.platform import jobs
+from {{ cookiecutter.package_name }}.platform import logs
 from {{ cookiecutter.package_name }}.platform.jobs.queue import backoff_s
 
 from tests.conftest import MIGRATIONS
@@ -51,15 +54,24 @@ async def test_a_job_exists_only_if_its_transaction_commits(queue: URL) -> None:
             await session.flush()
             raise Abort
 
+    sink = io.BytesIO()
+    logs.configure("INFO", stream=sink)
     try:
         with pytest.raises(Abort):
             await rolled_back()
         async with sessions() as session, session.begin():
             jobs.enqueue(session, "test.committed", {"n": 2})
     finally:
+        logs.configure("INFO")
         await engine.dispose()
     rows = await query(queue, "SELECT kind, payload, status FROM jobs")
     assert rows == [("test.committed", {"n": 2}, "ready")]
+    # Each enqueue is logged, its kind named (whether or not its transaction commits).
+    lines = [json.loads(line) for line in sink.getvalue().splitlines()]
+    assert [line["kind"] for line in lines if line["event"] == "job_enqueued"] == [
+        "test.rolled_back",
+        "test.committed",
+    ]
 
 
 async def test_the_queue_depth_counts_each_state_and_ages_the_oldest_due_job(queue: URL) -> None:
@@ -163,15 +175,24 @@ async def test_sigterm_lets_a_running_job_finish_and_hands_back_one_past_the_gra
     async def running_now() -> bool:
         return bool(await query(queue, "SELECT 1 FROM jobs WHERE status = 'running'"))
 
-    # A job shorter than GRACEFUL_TIMEOUT_S finishes: its worker exits 0 once it is done.
-    await query(queue, "INSERT INTO jobs (kind, payload) VALUES ('test.sleep', '{\"s\": 2}')")
+    # A job shorter than GRACEFUL_TIMEOUT_S finishes: its worker exits 0 once it is done. It was
+    # enqueued in a request's trace: its lines continue that trace.
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    await query(
+        queue,
+        "INSERT INTO jobs (kind, payload, traceparent) VALUES ('test.sleep', '{\"s\": 2}', :traceparent)",
+        traceparent=f"00-{trace_id}-b7ad6b7169203331-01",
+    )
     async with worker(queue, tmp_path / "finishes.log", test_kinds=True, GRACEFUL_TIMEOUT_S="20") as running:
         await eventually(running_now)
         signalled = time.monotonic()
         running.process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(running.process.wait(), timeout=30) == 0
         waited_s = time.monotonic() - signalled
-    assert running.events("job_succeeded")
+    [succeeded] = running.events("job_succeeded")
+    assert succeeded["trace_id"] == trace_id
+    assert isinstance(succeeded["duration_ms"], float)
+    assert 1900 <= succeeded["duration_ms"] < 30_000  # the 2 s it ran
     assert await query(queue, "SELECT count(*) FROM jobs") == [(0,)]
     assert waited_s >= 1.0  # it waited for the job (2 s, begun before the signal)
     assert running.events("worker_stopped")
