@@ -10,10 +10,12 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,10 +25,15 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from {{ cookiecutter.package_name }}.platform import jobs
 from {{ cookiecutter.package_name }}.platform import logs
+from {{ cookiecutter.package_name }}.platform.jobs.periodic import PURGE_AUDIT_EVENTS
+from {{ cookiecutter.package_name }}.platform.jobs.periodic import PURGE_IDEMPOTENCY_KEYS
+from {{ cookiecutter.package_name }}.platform.jobs.periodic import PURGE_RATE_LIMITS
+from {{ cookiecutter.package_name }}.platform.jobs.periodic import platform_jobs
 from {{ cookiecutter.package_name }}.platform.jobs.queue import backoff_s
 
 from tests.conftest import MIGRATIONS
 from tests.conftest import PROJECT
+from tests.conftest import make_settings
 from tests.worker import empty_queue
 from tests.worker import eventually
 from tests.worker import query
@@ -98,6 +105,32 @@ async def test_the_queue_depth_counts_each_state_and_ages_the_oldest_due_job(que
     assert 30 <= depth.oldest_ready_age_s < 300  # the older due job's wait, in seconds
 
 
+@pytest.mark.parametrize(
+    ("overrides", "rate_limits_purged"),
+    [
+        ({"rate_limit_storage": "database"}, True),
+        ({"rate_limit_storage": "memory"}, False),  # the windows are in each process
+        ({"rate_limit_storage": "database", "rate_limit_enabled": False}, False),
+    ],
+)
+def test_the_platform_purges_are_scheduled_as_configured(
+    database_url: URL, overrides: dict[str, object], rate_limits_purged: bool
+) -> None:
+    settings = make_settings(
+        database_url,
+        idempotency_purge_interval_s=60,
+        audit_purge_interval_s=3600,
+        rate_limit_purge_interval_s=30,
+        **overrides,
+    )
+    handlers, schedules = platform_jobs(settings)
+    expected = {PURGE_IDEMPOTENCY_KEYS: 60.0, PURGE_AUDIT_EVENTS: 3600.0}
+    if rate_limits_purged:
+        expected[PURGE_RATE_LIMITS] = 30.0
+    assert {schedule.name: schedule.interval_s for schedule in schedules} == expected
+    assert set(expected) <= set(handlers)
+
+
 def test_backoff_is_full_jitter_under_a_doubling_cap() -> None:
     for attempts, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (10, 30.0), (80, 30.0)]:
         delays = [backoff_s(attempts, base_s=1.0, max_s=30.0) for _ in range(200)]
@@ -152,15 +185,45 @@ async def test_a_job_failing_every_attempt_is_kept_dead_listed_and_rerun(queue: 
     assert jobs_command(queue, "retry", "999999999").returncode == 1
 
 
-async def test_two_workers_run_a_periodic_job_once_per_period(queue: URL, tmp_path: Path) -> None:
-    interval = {"IDEMPOTENCY_PURGE_INTERVAL_S": "1"}
+async def test_two_workers_run_a_periodic_job_once_per_period(
+    queue: URL, owner_url: URL, tmp_path: Path
+) -> None:
+    # The other purges run on their own schedules: an audit event past AUDIT_RETENTION_S (400 days
+    # by default) goes, one within it stays, and the rate limit windows are purged where they are
+    # kept in the database.
+    marker = f"periodic-{uuid.uuid4().hex}"
+    for age_days in (500, 200):
+        await query(
+            owner_url,
+            "INSERT INTO audit_events (occurred_at, actor, action, resource_type, resource_id, outcome)"
+            " VALUES (now() - make_interval(days => :age), 'seed', 'test.seeded', :marker, :age, 'success')",
+            marker=marker,
+            age=age_days,
+        )
+    interval = {
+        "IDEMPOTENCY_PURGE_INTERVAL_S": "1",
+        "AUDIT_PURGE_INTERVAL_S": "1",
+        "RATE_LIMIT_STORAGE": "database",
+        "RATE_LIMIT_PURGE_INTERVAL_S": "1",
+        "LOG_LEVEL": "DEBUG",  # the rate limit purge's line is a debug one
+    }
     async with (
         worker(queue, tmp_path / "a.log", **interval) as first,
         worker(queue, tmp_path / "b.log", **interval) as second,
     ):
         await asyncio.sleep(4)
-        runs = first.events("job_scheduled") + second.events("job_scheduled")
-        purged = first.events("idempotency_keys_purged") + second.events("idempotency_keys_purged")
+
+        def both(event: str) -> list[dict[str, Any]]:
+            return first.events(event) + second.events(event)
+
+        runs, purged = both("job_scheduled"), both("idempotency_keys_purged")
+        audited, windows = both("audit_events_purged"), both("rate_limit_windows_purged")
+    assert audited
+    assert windows
+    assert all(isinstance(line["deleted"], int) for line in audited + windows)
+    kept = await query(queue, "SELECT resource_id FROM audit_events WHERE resource_type = :m", m=marker)
+    assert kept == [("200",)]
+    runs = [line for line in runs if line["kind"] == PURGE_IDEMPOTENCY_KEYS]
     times = sorted(datetime.fromisoformat(line["timestamp"]) for line in runs)
     gaps = [(later - earlier).total_seconds() for earlier, later in pairwise(times)]
     assert len(times) >= 3

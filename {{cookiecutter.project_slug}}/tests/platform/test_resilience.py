@@ -400,6 +400,27 @@ async def test_trace_context_and_request_id_reach_the_upstream(make_upstream: Ma
     assert client_span.parent.span_id == inbound.get_span_context().span_id
 
 
+async def test_outbound_connections_are_bounded_and_no_proxy_is_taken_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A proxy the host's environment names (nothing listens there) must not be used.
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{closed_port()}")
+    settings = Settings(  # type: ignore[arg-type]
+        **FAST | {"http_max_connections": 2, "http_connect_timeout_s": 10.0, "http_read_timeout_s": 10.0}
+    )
+    async with (
+        ScriptedUpstream(default=Reply(200, {"ok": True}, delay_s=0.5)) as server,
+        http.create_client(settings) as client,
+    ):
+        started = time.monotonic()
+        answers = await asyncio.gather(*(client.get(f"{server.url}/stock/{n}") for n in range(4)))
+        took = time.monotonic() - started
+    assert [answer.status_code for answer in answers] == [200] * 4
+    # HTTP_MAX_CONNECTIONS=2: four calls of 0.5 s go two at a time (all four at once: 0.5 s).
+    assert took >= 0.9
+
+
 async def test_a_host_that_never_accepts_the_connection_fails_after_the_connect_timeout() -> None:
     """A listener whose accept queue is full drops further SYNs, as a host gone dark does: the
     connect hangs. The factory's client gives up after HTTP_CONNECT_TIMEOUT_S, not the read timeout."""
