@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from collections.abc import Callable
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -170,14 +171,34 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
             await outer.rollback()
 
 
+class CapturedLogs:
+    """The log lines written to a buffer: called, parsed (each must be valid JSON); `text()`, as
+    written."""
+
+    def __init__(self) -> None:
+        self.sink = io.BytesIO()
+
+    def __call__(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.sink.getvalue().splitlines()]
+
+    def text(self) -> str:
+        return self.sink.getvalue().decode()
+
+
+@contextmanager
+def captured_logs() -> Iterator[CapturedLogs]:
+    """The log lines written inside the block; logging is put back after it. Enter it after
+    `create_app`, which configures logging itself."""
+    captured = CapturedLogs()
+    logs.configure("INFO", stream=captured.sink)
+    try:
+        yield captured
+    finally:
+        logs.configure("INFO")
+
+
 @pytest.fixture
 def log_lines(app: FastAPI) -> Iterator[Callable[[], list[dict[str, Any]]]]:
     """The JSON log lines written since the fixture started, parsed (each must be valid JSON)."""
-    sink = io.BytesIO()
-    logs.configure("INFO", stream=sink)
-
-    def lines() -> list[dict[str, Any]]:
-        return [json.loads(line) for line in sink.getvalue().splitlines()]
-
-    yield lines
-    logs.configure("INFO")
+    with captured_logs() as lines:
+        yield lines

@@ -1,24 +1,20 @@
 from __future__ import annotations
 
 import asyncio
-import io
-import json
 
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from {{ cookiecutter.package_name }}.db.session import SessionDep
 from {{ cookiecutter.package_name }}.main import create_app
-from {{ cookiecutter.package_name }}.platform import logs
 
+from tests.conftest import captured_logs
 from tests.conftest import make_settings
 from tests.conftest import serving
 
 
 async def test_an_exhausted_pool_answers_503_instead_of_hanging(database_url: URL) -> None:
     app = create_app(make_settings(database_url, db_pool_size=1, db_max_overflow=0, db_pool_timeout_s=0.2))
-    sink = io.BytesIO()
-    logs.configure("INFO", stream=sink)
     holding, release = asyncio.Event(), asyncio.Event()
 
     @app.get("/hold")
@@ -32,21 +28,18 @@ async def test_an_exhausted_pool_answers_503_instead_of_hanging(database_url: UR
     async def query(session: SessionDep) -> dict[str, int]:
         return {"one": int(await session.scalar(text("SELECT 1")) or 0)}
 
-    try:
+    with captured_logs() as lines:
         async with serving(app) as client:
             holder = asyncio.create_task(client.get("/hold"))
             await asyncio.wait_for(holding.wait(), 10)  # the only connection is taken
             response = await asyncio.wait_for(client.get("/query"), timeout=5)
             release.set()
             assert (await holder).status_code == 200
-    finally:
-        logs.configure("INFO")
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["type"] == "/problems/database-busy"
     assert response.headers["retry-after"] == "1"
     assert response.json()["detail"]
     # The operator's side: the RUNBOOK's pool-exhaustion entry starts from this line.
-    logged = [json.loads(line) for line in sink.getvalue().splitlines()]
-    [warning] = [line for line in logged if line["event"] == "db_pool_exhausted"]
+    [warning] = [line for line in lines() if line["event"] == "db_pool_exhausted"]
     assert "QueuePool limit" in warning["error"]

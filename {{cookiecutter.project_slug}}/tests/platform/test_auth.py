@@ -10,7 +10,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import io
 import json
 import os
 import subprocess
@@ -32,7 +31,6 @@ from fastapi import Request
 from sqlalchemy.engine import URL
 
 from {{ cookiecutter.package_name }}.main import create_app
-from {{ cookiecutter.package_name }}.platform import logs
 from {{ cookiecutter.package_name }}.platform.auth import Principal
 from {{ cookiecutter.package_name }}.platform.auth import PrincipalDep
 from {{ cookiecutter.package_name }}.platform.auth import require
@@ -45,6 +43,7 @@ from {{ cookiecutter.package_name }}.platform.idempotency import IdempotentRoute
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from tests.conftest import PROJECT
+from tests.conftest import captured_logs
 from tests.conftest import make_settings
 from tests.conftest import serving
 from tests.jwks import AUDIENCE
@@ -429,25 +428,21 @@ async def test_one_principal_can_neither_replay_nor_probe_anothers_idempotency_k
 async def test_every_log_line_of_a_request_names_the_actor_and_none_the_token(
     app: FastAPI, idp: JwksServer
 ) -> None:
-    sink = io.BytesIO()
     async with serving(app) as client:
-        logs.configure("INFO", stream=sink)
-        try:
+        with captured_logs() as captured:
             token = idp.token(subject="carol")
             served = await client.get("/items", headers=bearer(token))
             expired = idp.token(subject="carol", exp=int(time.time()) - 600)
             refused = await client.get("/items", headers=bearer(expired))
-        finally:
-            logs.configure("INFO")
     assert served.status_code == 200
     assert refused.status_code == 401
-    text = sink.getvalue().decode()
+    text = captured.text()
     assert token not in text
     assert expired not in text
     assert expired not in refused.text
     for part in (*token.split("."), *expired.split(".")):
         assert part not in text  # not even the signature or the claims
-    lines = [json.loads(line) for line in text.splitlines()]
+    lines = captured()
     mine = [line for line in lines if line.get("request_id") == served.headers["x-request-id"]]
     assert {line["event"] for line in mine} >= {"items_listed", "http_request"}
     assert all(line.get("actor_id") == "carol" for line in mine), mine
@@ -473,22 +468,14 @@ async def test_the_identity_provider_down_at_start_up_is_survived(database_url: 
 
 async def test_development_runs_as_the_development_principal_and_says_so_once(database_url: URL) -> None:
     app = with_routes(make_settings(database_url))
-    sink = io.BytesIO()
-    logs.configure("INFO", stream=sink)
-    try:
+    with captured_logs() as lines:
         async with serving(app) as client:
             listed = await client.get("/items")
             created = await client.post("/items", json={}, headers={"Idempotency-Key": uuid.uuid4().hex})
-    finally:
-        logs.configure("INFO")
     assert listed.json()["subject"] == "developer"
     assert {"items:read", "items:write"} <= set(listed.json()["scopes"])  # every scope declared
     assert created.status_code == 201
-    warnings = [
-        line
-        for line in map(json.loads, sink.getvalue().splitlines())
-        if line["event"] == "authentication_disabled"
-    ]
+    warnings = [line for line in lines() if line["event"] == "authentication_disabled"]
     assert len(warnings) == 1
     assert warnings[0]["level"] == "warning"
     assert warnings[0]["scopes"] == listed.json()["scopes"]  # what the development principal holds
@@ -496,21 +483,13 @@ async def test_development_runs_as_the_development_principal_and_says_so_once(da
 
 async def test_behind_a_gateway_requests_run_as_the_gateway_unchecked(database_url: URL) -> None:
     app = with_routes(make_settings(database_url, environment="production", auth_mode="none"))
-    sink = io.BytesIO()
-    logs.configure("INFO", stream=sink)
-    try:
+    with captured_logs() as lines:
         async with serving(app) as client:
             listed = await client.get("/items")
-    finally:
-        logs.configure("INFO")
     assert listed.status_code == 200
     assert listed.json()["subject"] == "gateway"
     # Said once at start-up, where whoever runs it looks: authentication is someone else's.
-    said = [
-        line
-        for line in map(json.loads, sink.getvalue().splitlines())
-        if line["event"] == "authentication_delegated"
-    ]
+    said = [line for line in lines() if line["event"] == "authentication_delegated"]
     assert len(said) == 1
 
 

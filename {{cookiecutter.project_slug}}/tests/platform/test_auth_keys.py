@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 from collections.abc import AsyncIterator
 from collections.abc import Callable
@@ -15,13 +14,13 @@ from typing import Any
 import httpx
 import pytest
 
-from {{ cookiecutter.package_name }}.platform import logs
 from {{ cookiecutter.package_name }}.platform.auth.keys import JwksCache
 from {{ cookiecutter.package_name }}.platform.auth.keys import KeysUnavailable
 from {{ cookiecutter.package_name }}.platform.auth.tokens import InvalidToken
 from {{ cookiecutter.package_name }}.platform.auth.tokens import TokenVerifier
 
 from tests.clock import Clock
+from tests.conftest import captured_logs
 from tests.jwks import AUDIENCE
 from tests.jwks import ISSUER
 from tests.jwks import JwksServer
@@ -67,10 +66,8 @@ def verifier(keys: JwksCache, *algorithms: str) -> TokenVerifier:
 
 @pytest.fixture
 def log_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
-    sink = io.BytesIO()
-    logs.configure("INFO", stream=sink)
-    yield lambda: [json.loads(line) for line in sink.getvalue().splitlines()]
-    logs.configure("INFO")
+    with captured_logs() as lines:
+        yield lines
 
 
 async def test_only_usable_signature_keys_are_kept_whatever_comes_before_them(

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import io
-import json
 from collections.abc import AsyncIterator
 from collections.abc import Callable
 from typing import Any
@@ -18,9 +16,9 @@ from sqlalchemy import text
 
 from {{ cookiecutter.package_name }}.db.session import SessionDep
 from {{ cookiecutter.package_name }}.main import create_app
-from {{ cookiecutter.package_name }}.platform import logs
 from {{ cookiecutter.package_name }}.platform.errors import Conflict
 
+from tests.conftest import captured_logs
 from tests.conftest import make_settings
 from tests.upstream import Reply
 from tests.upstream import ScriptedUpstream
@@ -181,23 +179,18 @@ async def test_a_database_that_is_down_is_a_503_not_a_bug() -> None:
             (f"postgresql://app@127.0.0.1:{silent.port}/app", "TimeoutError"),
         ):
             down = create_app(make_settings(url, db_connect_timeout_s=0.3))
-            sink = io.BytesIO()
-            logs.configure("INFO", stream=sink)
 
             @down.get("/query")
             async def query(session: SessionDep) -> dict[str, int]:
                 return {"one": int(await session.scalar(text("SELECT 1")) or 0)}
 
-            try:
+            with captured_logs() as lines:
                 async with LifespanManager(down) as manager:
                     transport = httpx.ASGITransport(app=manager.app)
                     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
                         response = await client.get("/query")
-            finally:
-                logs.configure("INFO")
             body = assert_problem(response, 503, "/problems/database-unavailable")
             assert response.headers["retry-after"] == "1"
             assert "127.0.0.1" not in body["detail"]
-            logged = [json.loads(line) for line in sink.getvalue().splitlines()]
-            [warning] = [line for line in logged if line["event"] == "database_unavailable"]
+            [warning] = [line for line in lines() if line["event"] == "database_unavailable"]
             assert warning["error"] == cause

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
-import json
 import time
 
 import httpx
@@ -13,9 +11,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from {{ cookiecutter.package_name }}.db.session import SessionDep
 from {{ cookiecutter.package_name }}.main import create_app
-from {{ cookiecutter.package_name }}.platform import logs
 
 from tests.conftest import TEST_DATABASE
+from tests.conftest import captured_logs
 from tests.conftest import make_settings
 from tests.conftest import recreate
 from tests.conftest import serving
@@ -134,14 +132,9 @@ async def test_a_change_of_readiness_is_logged_once_with_its_checks(database_url
         (database_url, "info", True, "ok"),
     ):
         app = create_app(make_settings(url, ready_timeout_s=2.0, ready_cache_s=0.0))
-        sink = io.BytesIO()
-        logs.configure("INFO", stream=sink)  # after create_app, which configures its own
-        try:
+        with captured_logs() as lines:
             async with serving(app) as client:
                 for _ in range(3):
                     await client.get("/ready")
-        finally:
-            logs.configure("INFO")
-        lines = [json.loads(line) for line in sink.getvalue().splitlines()]
-        [changed] = [line for line in lines if line["event"] == "readiness_changed"]
+        [changed] = [line for line in lines() if line["event"] == "readiness_changed"]
         assert (changed["level"], changed["ready"], changed["database"]) == (level, ready, database)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
-import json
 import os
 import signal
 import subprocess
@@ -24,7 +22,6 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from {{ cookiecutter.package_name }}.platform import jobs
-from {{ cookiecutter.package_name }}.platform import logs
 from {{ cookiecutter.package_name }}.platform.jobs.periodic import PURGE_AUDIT_EVENTS
 from {{ cookiecutter.package_name }}.platform.jobs.periodic import PURGE_IDEMPOTENCY_KEYS
 from {{ cookiecutter.package_name }}.platform.jobs.periodic import PURGE_RATE_LIMITS
@@ -33,6 +30,7 @@ from {{ cookiecutter.package_name }}.platform.jobs.queue import backoff_s
 
 from tests.conftest import MIGRATIONS
 from tests.conftest import PROJECT
+from tests.conftest import captured_logs
 from tests.conftest import make_settings
 from tests.worker import empty_queue
 from tests.worker import eventually
@@ -61,21 +59,18 @@ async def test_a_job_exists_only_if_its_transaction_commits(queue: URL) -> None:
             await session.flush()
             raise Abort
 
-    sink = io.BytesIO()
-    logs.configure("INFO", stream=sink)
     try:
-        with pytest.raises(Abort):
-            await rolled_back()
-        async with sessions() as session, session.begin():
-            jobs.enqueue(session, "test.committed", {"n": 2})
+        with captured_logs() as lines:
+            with pytest.raises(Abort):
+                await rolled_back()
+            async with sessions() as session, session.begin():
+                jobs.enqueue(session, "test.committed", {"n": 2})
     finally:
-        logs.configure("INFO")
         await engine.dispose()
     rows = await query(queue, "SELECT kind, payload, status FROM jobs")
     assert rows == [("test.committed", {"n": 2}, "ready")]
     # Each enqueue is logged, its kind named (whether or not its transaction commits).
-    lines = [json.loads(line) for line in sink.getvalue().splitlines()]
-    assert [line["kind"] for line in lines if line["event"] == "job_enqueued"] == [
+    assert [line["kind"] for line in lines() if line["event"] == "job_enqueued"] == [
         "test.rolled_back",
         "test.committed",
     ]

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import io
-import json
 import logging
 import logging.config
 import re
@@ -19,7 +17,7 @@ import uvicorn.config
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from {{ cookiecutter.package_name }}.platform import logs
+from tests.conftest import captured_logs
 
 LogLines = Callable[[], list[dict[str, Any]]]
 
@@ -104,15 +102,10 @@ def test_uvicorn_started_by_its_own_command_line_logs_json_too() -> None:
     # `uvicorn module:app` configures its loggers (plain-text handlers, not propagating) before the
     # app's factory runs; configure() must take uvicorn's lines over anyway.
     logging.config.dictConfig(uvicorn.config.LOGGING_CONFIG)
-    sink = io.BytesIO()
-    logs.configure("INFO", stream=sink)
-    try:
+    with captured_logs() as lines:
         logging.getLogger("uvicorn.error").info("Started server process [%d]", 42)
         logging.getLogger("uvicorn").warning("Invalid HTTP request received.")
-    finally:
-        logs.configure("INFO")
-    lines = [json.loads(line) for line in sink.getvalue().splitlines()]
-    assert [(line["logger"], line["event"]) for line in lines] == [
+    assert [(line["logger"], line["event"]) for line in lines()] == [
         ("uvicorn.error", "Started server process [42]"),
         ("uvicorn", "Invalid HTTP request received."),
     ]

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import os
@@ -22,11 +21,11 @@ from sqlalchemy.engine import URL
 
 from {{ cookiecutter.package_name }}.db.session import SessionDep
 from {{ cookiecutter.package_name }}.main import create_app
-from {{ cookiecutter.package_name }}.platform import logs
 from {{ cookiecutter.package_name }}.platform import looplag
 
 from tests.conftest import MIGRATIONS
 from tests.conftest import PROJECT
+from tests.conftest import captured_logs
 from tests.conftest import make_settings
 from tests.conftest import scrape
 from tests.conftest import serving
@@ -197,7 +196,6 @@ async def test_a_blocked_event_loop_is_measured_and_logged_with_the_line_that_bl
     database_url: URL,
 ) -> None:
     app = create_app(make_settings(database_url, loop_lag_warn_s=0.2))
-    sink = io.BytesIO()
 
     @app.get("/block")
     async def block_the_loop() -> dict[str, str]:
@@ -205,18 +203,11 @@ async def test_a_blocked_event_loop_is_measured_and_logged_with_the_line_that_bl
         return {}
 
     async with serving(app) as client:
-        logs.configure("INFO", stream=sink)
-        try:
+        with captured_logs() as lines:
             assert (await client.get("/block")).status_code == 200
             await asyncio.sleep(0.3)  # the probe wakes, late, and reports
-        finally:
-            logs.configure("INFO")
         metrics = await scrape(app)
-    stalls = [
-        line
-        for line in map(json.loads, sink.getvalue().splitlines())
-        if line["event"] == "event_loop_stalled"
-    ]
+    stalls = [line for line in lines() if line["event"] == "event_loop_stalled"]
     # Only this one blocked in that function (a loaded machine may add a stall of its own).
     blocked = [s for s in stalls if s["running"] and s["running"][-1].endswith("in block_the_loop")]
     assert len(blocked) == 1, stalls
@@ -262,17 +253,13 @@ async def test_a_busy_but_responsive_loop_logs_no_stall(database_url: URL) -> No
     # A threshold no busy test machine reaches by scheduling alone; what is checked is that the
     # probe's own reading of a loop serving requests is small.
     app = create_app(make_settings(database_url, loop_lag_warn_s=1.0))
-    sink = io.BytesIO()
     async with serving(app) as client:
-        logs.configure("INFO", stream=sink)
-        try:
+        with captured_logs() as captured:
             for _ in range(5):
                 await asyncio.gather(*(client.get("/health") for _ in range(20)))
                 await asyncio.sleep(0.1)
-        finally:
-            logs.configure("INFO")
         metrics = await scrape(app)
-    assert b"event_loop_stalled" not in sink.getvalue()
+    assert "event_loop_stalled" not in captured.text()
     ticks = _sample(metrics, "event_loop_lag_seconds_count ")
     assert ticks >= 3
     assert _sample(metrics, 'event_loop_lag_seconds_bucket{le="0.1"} ') >= ticks / 2
@@ -280,14 +267,10 @@ async def test_a_busy_but_responsive_loop_logs_no_stall(database_url: URL) -> No
 
 def test_alembic_says_nothing_below_warning_once_the_app_is_built(app: FastAPI) -> None:
     create_app(app.state.settings)  # what each serving process does
-    sink = io.BytesIO()
-    logs.configure("INFO", stream=sink)
-    try:
+    with captured_logs() as lines:
         logging.getLogger("alembic.runtime.plugins").info("setup plugin %s", "alembic.autogenerate.schemas")
         logging.getLogger("alembic.runtime.migration").warning("a warning still shows")
-    finally:
-        logs.configure("INFO")
-    events = [json.loads(line)["event"] for line in sink.getvalue().splitlines()]
+    events = [line["event"] for line in lines()]
     assert "setup plugin alembic.autogenerate.schemas" not in events
     assert "a warning still shows" in events
 

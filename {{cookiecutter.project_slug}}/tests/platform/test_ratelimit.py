@@ -5,8 +5,6 @@ a shared store that fails admitting rather than refusing."""
 from __future__ import annotations
 
 import asyncio
-import io
-import json
 import os
 import subprocess
 import sys
@@ -30,7 +28,6 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from {{ cookiecutter.package_name }}.db import migrations
 from {{ cookiecutter.package_name }}.main import create_app
-from {{ cookiecutter.package_name }}.platform import logs
 from {{ cookiecutter.package_name }}.platform import ratelimit
 from {{ cookiecutter.package_name }}.platform.errors import NotFound
 from {{ cookiecutter.package_name }}.platform.ratelimit.limiter import caller
@@ -39,6 +36,7 @@ from tests.app import APP
 from tests.conftest import MIGRATIONS
 from tests.conftest import PROJECT
 from tests.conftest import TEST_DATABASE
+from tests.conftest import captured_logs
 from tests.conftest import make_settings
 from tests.conftest import recreate
 from tests.conftest import scrape
@@ -338,19 +336,14 @@ async def test_limits_own_strategy_counts_costs_and_clears_on_the_database(datab
 async def test_a_shared_store_that_is_down_admits_and_is_counted(database_url: URL) -> None:
     unreachable = database_url.set(host="127.0.0.1", port=closed_port())
     app = limited_app(unreachable, rate_limit_default="1/minute", rate_limit_storage="database")
-    sink = io.BytesIO()
-    logs.configure("INFO", stream=sink)  # after create_app, which configures its own
-    try:
+    with captured_logs() as lines:
         async with serving(app) as client:
             answers = [await client.get("/limited/things") for _ in range(3)]
             metrics = await scrape(app)
-    finally:
-        logs.configure("INFO")
     assert [answer.status_code for answer in answers] == [200, 200, 200]
     assert "ratelimit" not in answers[0].headers  # nothing known to tell
     assert sample(metrics, "rate_limit_store_errors_total") == 3
-    lines = [json.loads(line) for line in sink.getvalue().splitlines()]
-    [logged] = [line for line in lines if line["event"] == "rate_limit_store_unavailable"]  # once
+    [logged] = [line for line in lines() if line["event"] == "rate_limit_store_unavailable"]  # once
     assert (logged["level"], logged["error"], logged["admitted"]) == ("warning", "DatabaseUnreachable", True)
 
 
